@@ -1,0 +1,149 @@
+//! `neurstore`: the command-line front end of the store.
+
+mod output;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use neurstore::{PutOptions, Store};
+
+use crate::output::{Bar, Printer};
+
+/// A storage engine for deep learning models: stores each distinct tensor once, compressed,
+/// and gives every model back byte for byte.
+#[derive(Parser)]
+#[command(name = "neurstore", version, about)]
+struct Cli {
+    /// Store directory [default: $NEURSTORE_DIR, else ~/.local/share/neurstore]
+    #[arg(long, global = true, env = "NEURSTORE_DIR")]
+    store: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Worker threads for compression and decompression [default: all cores].
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create an empty store.
+    Init,
+    /// Import a safetensors file or a model directory as NAME.
+    Put {
+        /// Name of the new model.
+        name: String,
+        /// A .safetensors file or a Hugging Face style model directory.
+        path: PathBuf,
+        /// Metadata to record, as KEY=VALUE (repeatable).
+        #[arg(long = "meta", value_name = "KEY=VALUE")]
+        meta: Vec<String>,
+    },
+    /// Write model NAME back out: a safetensors file, or a directory for directory models.
+    Get {
+        /// Model name.
+        name: String,
+        /// Output file or directory.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// List models.
+    Ls,
+    /// Show a model's files and tensors.
+    Info {
+        /// Model name.
+        name: String,
+    },
+    /// Remove a model (its unshared space returns with `gc`).
+    Rm {
+        /// Model name.
+        name: String,
+    },
+    /// Return the space of removed models and interrupted writes.
+    Gc,
+    /// Read, checksum and decode everything; exit non-zero if anything is wrong.
+    Verify,
+    /// Show store-wide sizes and counts.
+    Stats,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", output::sentence(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn default_store() -> anyhow::Result<PathBuf> {
+    let home = std::env::var_os("HOME")
+        .context("HOME is not set; pass --store DIR or set NEURSTORE_DIR")?;
+    Ok(Path::new(&home).join(".local/share/neurstore"))
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("setting up threads")?;
+    }
+    let root = match cli.store {
+        Some(dir) => dir,
+        None => default_store()?,
+    };
+    let out = Printer { json: cli.json };
+    let bar = Bar::new(!cli.json);
+    match cli.command {
+        Command::Init => {
+            Store::init(&root)?;
+            out.init(&root);
+        }
+        Command::Put { name, path, meta } => {
+            let mut options = PutOptions::default();
+            for kv in meta {
+                let Some((k, v)) = kv.split_once('=') else {
+                    bail!("--meta takes KEY=VALUE, got {kv:?}");
+                };
+                options
+                    .metadata
+                    .insert(k.to_string(), serde_json::Value::String(v.to_string()));
+            }
+            let store = Store::open_writer(&root)?;
+            let report = store.put(&name, &path, &options, &bar)?;
+            out.put(&report);
+        }
+        Command::Get { name, output } => {
+            let store = Store::open(&root)?;
+            let report = store.get(&name, &output, &bar)?;
+            out.get(&report);
+        }
+        Command::Ls => out.ls(&Store::open(&root)?.list()?),
+        Command::Info { name } => out.info(&Store::open(&root)?.info(&name)?),
+        Command::Rm { name } => out.rm(&Store::open_writer(&root)?.remove(&name)?),
+        Command::Gc => {
+            let store = Store::open_writer(&root)?;
+            let report = store.gc(&bar)?;
+            out.gc(&report);
+        }
+        Command::Verify => {
+            let report = Store::open(&root)?.verify(&bar)?;
+            out.verify(&report);
+            if !report.problems.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Stats => out.stats(&Store::open(&root)?.stats()?),
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,292 @@
+//! Human and JSON output of each command, and the progress bar.
+
+use std::path::Path;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use neurstore::{
+    GcReport, GetReport, ModelInfo, ModelSummary, Progress, PutReport, RemoveReport, Stats,
+    VerifyReport,
+};
+use serde::Serialize;
+
+/// Prints command results as text or JSON.
+pub struct Printer {
+    pub json: bool,
+}
+
+impl Printer {
+    fn emit<T: Serialize>(&self, value: &T, text: impl FnOnce()) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).expect("serializable")
+            );
+        } else {
+            text();
+        }
+    }
+
+    pub fn init(&self, root: &Path) {
+        self.emit(&serde_json::json!({ "store": root }), || {
+            println!("created an empty store at {}", root.display())
+        });
+    }
+
+    pub fn put(&self, r: &PutReport) {
+        self.emit(r, || {
+            println!(
+                "stored {:?}: {} tensors in {} files, {} raw; {} new objects ({} written), {} already stored",
+                r.name,
+                r.tensors,
+                r.files,
+                bytes(r.raw_bytes),
+                r.new_objects,
+                bytes(r.stored_bytes_added),
+                r.deduplicated_objects
+            )
+        });
+    }
+
+    pub fn get(&self, r: &GetReport) {
+        self.emit(r, || {
+            println!(
+                "wrote {:?} to {} ({} files, {})",
+                r.name,
+                r.path.display(),
+                r.files,
+                bytes(r.bytes_written)
+            )
+        });
+    }
+
+    pub fn ls(&self, models: &[ModelSummary]) {
+        self.emit(&models, || {
+            if models.is_empty() {
+                println!("the store holds no models; add one with `neurstore put NAME PATH`");
+                return;
+            }
+            let width = models
+                .iter()
+                .map(|m| m.name.len())
+                .max()
+                .unwrap_or(4)
+                .max(4);
+            println!(
+                "{:<width$}  {:<11}  {:>10}  created (unix)",
+                "NAME", "FORMAT", "RAW"
+            );
+            for m in models {
+                println!(
+                    "{:<width$}  {:<11}  {:>10}  {}",
+                    m.name,
+                    m.source_format,
+                    bytes(m.raw_bytes),
+                    m.created_unix
+                );
+            }
+        });
+    }
+
+    pub fn info(&self, m: &ModelInfo) {
+        self.emit(m, || {
+            println!("model        {}", m.name);
+            println!("format       {}", m.source_format);
+            println!("created      {} (unix)", m.created_unix);
+            println!("metadata     {}", m.metadata);
+            println!("raw          {}", bytes(m.raw_bytes));
+            println!(
+                "stored       {} ({} used by this model alone)",
+                bytes(m.stored_bytes),
+                bytes(m.exclusive_bytes)
+            );
+            println!("files        {}", m.files.len());
+            for f in &m.files {
+                println!(
+                    "  {:<40} {:<11} {:>10} -> {:>10}",
+                    f.path,
+                    f.kind,
+                    bytes(f.raw_bytes),
+                    bytes(f.stored_bytes)
+                );
+            }
+            println!("tensors      {}", m.tensors.len());
+            let width = m
+                .tensors
+                .iter()
+                .map(|t| t.name.len())
+                .max()
+                .unwrap_or(4)
+                .max(4);
+            println!(
+                "  {:<width$}  {:<6} {:<16} {:<12} {:>10} {:>10} {:>6}  SHARED",
+                "NAME", "DTYPE", "SHAPE", "CODEC", "RAW", "STORED", "BITS"
+            );
+            for t in &m.tensors {
+                let shape = format!("{:?}", t.shape);
+                println!(
+                    "  {:<width$}  {:<6} {:<16} {:<12} {:>10} {:>10} {:>6.2}  {}",
+                    t.name,
+                    t.dtype,
+                    shape,
+                    t.codec,
+                    bytes(t.raw_bytes),
+                    bytes(t.stored_bytes),
+                    t.bits_per_element,
+                    if t.shared { "yes" } else { "" }
+                );
+            }
+        });
+    }
+
+    pub fn rm(&self, r: &RemoveReport) {
+        self.emit(r, || {
+            println!("removed {:?}; {} objects no longer used (run `neurstore gc` to reclaim their space)", r.name, r.objects_freed)
+        });
+    }
+
+    pub fn gc(&self, r: &GcReport) {
+        let value = serde_json::json!({
+            "packs_rewritten": r.packs_rewritten,
+            "packs_removed": r.packs_removed,
+            "bytes_moved": r.bytes_moved,
+            "pack_bytes_before": r.pack_bytes_before,
+            "pack_bytes_after": r.pack_bytes_after,
+            "reclaimed_bytes": r.pack_bytes_before.saturating_sub(r.pack_bytes_after)
+                + r.recovery.truncated_bytes + r.recovery.orphan_bytes,
+            "recovered_partial_bytes": r.recovery.truncated_bytes + r.recovery.orphan_bytes,
+        });
+        self.emit(&value, || {
+            println!(
+                "reclaimed {} (pack files {} -> {}; {} packs rewritten, {} removed, {} moved; {} of interrupted writes)",
+                bytes(r.pack_bytes_before.saturating_sub(r.pack_bytes_after) + r.recovery.truncated_bytes + r.recovery.orphan_bytes),
+                bytes(r.pack_bytes_before),
+                bytes(r.pack_bytes_after),
+                r.packs_rewritten,
+                r.packs_removed,
+                bytes(r.bytes_moved),
+                bytes(r.recovery.truncated_bytes + r.recovery.orphan_bytes),
+            )
+        });
+    }
+
+    pub fn verify(&self, r: &VerifyReport) {
+        self.emit(r, || {
+            for p in &r.problems {
+                println!("problem: {p}");
+            }
+            let verdict = if r.problems.is_empty() {
+                "OK".to_string()
+            } else {
+                format!("{} problems", r.problems.len())
+            };
+            println!(
+                "verified {} models, {} objects, {}: {verdict}",
+                r.models,
+                r.objects,
+                bytes(r.stored_bytes)
+            );
+        });
+    }
+
+    pub fn stats(&self, s: &Stats) {
+        self.emit(s, || {
+            println!("models          {}", s.models);
+            println!(
+                "tensors         {} ({} unique)",
+                s.tensors, s.unique_tensors
+            );
+            println!("raw bytes       {}", bytes(s.raw_bytes));
+            println!(
+                "stored bytes    {} (packs {}, catalog {})",
+                bytes(s.stored_bytes),
+                bytes(s.pack_bytes),
+                bytes(s.catalog_bytes)
+            );
+            println!("ratio           {:.3}x", s.ratio);
+            println!(
+                "reclaimable     {} (run `neurstore gc`)",
+                bytes(s.reclaimable_bytes)
+            );
+            println!("by kind/codec:");
+            for (k, v) in &s.by_kind {
+                let ratio = if v.stored_bytes == 0 {
+                    0.0
+                } else {
+                    v.raw_bytes as f64 / v.stored_bytes as f64
+                };
+                println!(
+                    "  {:<22} {:>7} objects {:>10} -> {:>10} ({ratio:.3}x)",
+                    k,
+                    v.objects,
+                    bytes(v.raw_bytes),
+                    bytes(v.stored_bytes)
+                );
+            }
+        });
+    }
+}
+
+/// Bytes in binary units.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// One sentence from an error chain: the outermost message, then causes not already in it.
+pub fn sentence(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg = format!("{msg}: {c}");
+        }
+    }
+    msg
+}
+
+/// A progress bar on stderr; invisible when stderr is not a terminal or output is JSON.
+pub struct Bar {
+    bar: ProgressBar,
+}
+
+impl Bar {
+    pub fn new(visible: bool) -> Self {
+        let bar = if visible {
+            ProgressBar::new(0)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        Bar { bar }
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, label: &str, total: u64) {
+        self.bar.set_message(label.to_string());
+        self.bar.set_length(total);
+        self.bar.set_position(0);
+    }
+    fn advance(&self, n: u64) {
+        self.bar.inc(n);
+    }
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}

@@ -1,0 +1,112 @@
+//! Codecs: how a blob's stored bytes map to its raw bytes. Pure functions, no I/O.
+
+pub mod grouped;
+
+use crate::dtype::DType;
+
+/// How a blob is stored. The numeric tag is what the catalog records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Codec {
+    /// Stored as is; can be memory-mapped and used without a copy.
+    Raw,
+    /// Byte-grouped chunked zstd ([`grouped`]).
+    Grouped,
+}
+
+impl Codec {
+    /// Tag recorded in the catalog.
+    pub fn tag(self) -> u8 {
+        match self {
+            Codec::Raw => 0,
+            Codec::Grouped => 1,
+        }
+    }
+
+    /// Parses a catalog tag.
+    pub fn from_tag(tag: i64) -> Result<Self, CodecError> {
+        match tag {
+            0 => Ok(Codec::Raw),
+            1 => Ok(Codec::Grouped),
+            t => Err(CodecError::corrupt(format!("unknown codec tag {t}"))),
+        }
+    }
+
+    /// Short name for display.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Raw => "raw",
+            Codec::Grouped => "grouped-zstd",
+        }
+    }
+}
+
+/// A decode failure: the stored bytes do not describe the expected raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CodecError(pub String);
+
+impl CodecError {
+    pub(crate) fn corrupt(msg: impl Into<String>) -> Self {
+        CodecError(msg.into())
+    }
+}
+
+/// zstd level used for standalone blobs.
+pub const DEFAULT_LEVEL: i32 = 3;
+
+/// The result of encoding: the codec chosen and the bytes to store (`None` = store raw as is).
+pub struct Encoded {
+    /// Codec chosen.
+    pub codec: Codec,
+    /// Encoded bytes, or `None` when the raw bytes are stored unchanged.
+    pub bytes: Option<Vec<u8>>,
+}
+
+/// Encodes a tensor's raw bytes losslessly, keeping the encoding only where it saves at least
+/// 1% (raw blobs stay zero-copy readable).
+pub fn encode_tensor(dtype: DType, raw: &[u8]) -> Encoded {
+    encode_with_width(raw, dtype.plane_width())
+}
+
+/// Encodes a plain file's bytes losslessly (no byte grouping).
+pub fn encode_file(raw: &[u8]) -> Encoded {
+    encode_with_width(raw, 1)
+}
+
+fn encode_with_width(raw: &[u8], width: usize) -> Encoded {
+    if raw.len() < 64 {
+        return Encoded {
+            codec: Codec::Raw,
+            bytes: None,
+        };
+    }
+    let packed = grouped::encode(raw, width, DEFAULT_LEVEL);
+    if packed.len() + raw.len() / 100 < raw.len() {
+        Encoded {
+            codec: Codec::Grouped,
+            bytes: Some(packed),
+        }
+    } else {
+        Encoded {
+            codec: Codec::Raw,
+            bytes: None,
+        }
+    }
+}
+
+/// Decodes `stored` into `out` (whose length is the raw length).
+pub fn decode_into(codec: Codec, stored: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    match codec {
+        Codec::Raw if stored.len() == out.len() => {
+            out.copy_from_slice(stored);
+            Ok(())
+        }
+        Codec::Raw => Err(CodecError::corrupt(format!(
+            "raw blob holds {} bytes, expected {}",
+            stored.len(),
+            out.len()
+        ))),
+        Codec::Grouped => grouped::decode_into(stored, out),
+    }
+}

@@ -1,0 +1,127 @@
+//! The I/O backend trait through which all pack-file access goes, and its file-system
+//! implementation. Fault-injecting and object-store backends implement the same traits.
+//!
+//! **Invariant:** the engine touches pack files only through [`Backend`] and [`StorageFile`].
+//! (The SQLite catalog and the lock file do their own I/O.)
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A flat namespace of files (the pack directory).
+pub trait Backend: Send + Sync {
+    /// Opens `name`, creating it empty when `create` is set and it does not exist.
+    fn open(&self, name: &str, create: bool) -> io::Result<Arc<dyn StorageFile>>;
+    /// Removes `name`.
+    fn remove(&self, name: &str) -> io::Result<()>;
+    /// Lists the names present.
+    fn list(&self) -> io::Result<Vec<String>>;
+    /// Makes creations and removals durable.
+    fn sync_dir(&self) -> io::Result<()>;
+}
+
+/// One open file.
+#[allow(clippy::len_without_is_empty)] // mirrors std::fs::File, which has no is_empty either
+pub trait StorageFile: Send + Sync {
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Fills `buf` from `offset`; a short file is an `UnexpectedEof` error.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset`.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Truncates or extends the file.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Makes written data durable.
+    fn sync(&self) -> io::Result<()>;
+    /// A read-only memory map of the whole file, where the backend supports it.
+    fn map(&self) -> io::Result<Option<memmap2::Mmap>> {
+        Ok(None)
+    }
+}
+
+/// Files in one directory of the local file system.
+pub struct FsBackend {
+    dir: PathBuf,
+}
+
+impl FsBackend {
+    /// A backend rooted at `dir` (which must exist).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        FsBackend { dir: dir.into() }
+    }
+
+    /// The directory this backend serves.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+struct FsFile(File);
+
+impl Backend for FsBackend {
+    fn open(&self, name: &str, create: bool) -> io::Result<Arc<dyn StorageFile>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(create)
+            .create(create)
+            .open(self.dir.join(name))
+            .or_else(|e| {
+                // Readers open pack files read-only; writers need write access.
+                if create {
+                    Err(e)
+                } else {
+                    File::open(self.dir.join(name))
+                }
+            })?;
+        Ok(Arc::new(FsFile(file)))
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        fs::remove_file(self.dir.join(name))
+    }
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if let Ok(name) = entry.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+}
+
+impl StorageFile for FsFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.0.read_exact_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.0.write_all_at(buf, offset)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn sync(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn map(&self) -> io::Result<Option<memmap2::Mmap>> {
+        if self.len()? == 0 {
+            return Ok(None);
+        }
+        // SAFETY: pack files are append-only below their committed length: no process
+        // truncates or rewrites bytes a reader can be told about (docs/format.md, commit protocol).
+        let map = unsafe { memmap2::Mmap::map(&self.0)? };
+        Ok(Some(map))
+    }
+}

@@ -1,0 +1,557 @@
+//! The SQLite catalog: models, their files and tensors, objects and where their blobs live.
+//!
+//! Every row read back is validated into trusted types; a row that breaks a rule is reported as
+//! `Corrupt` naming the object or model.
+
+use std::path::Path;
+use std::time::Duration;
+
+use neurstore_core::codec::Codec;
+use neurstore_core::dtype::{DType, element_count};
+use neurstore_core::key::Digest;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params};
+
+use crate::error::{Result, StorageError};
+use crate::pack::{BLOB_ALIGN, BlobLocation};
+use crate::schema;
+
+/// What an object holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    /// A tensor's data; dtype and shape are known.
+    Tensor {
+        /// Element type.
+        dtype: DType,
+    },
+    /// A plain file's bytes, or a safetensors header.
+    File,
+}
+
+/// A stored, content-addressed object and where its blob lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRow {
+    /// Row id.
+    pub id: i64,
+    /// Content key (exact dedup).
+    pub key: Digest,
+    /// Tensor or file.
+    pub kind: ObjectKind,
+    /// Shape (empty for files).
+    pub shape: Vec<u64>,
+    /// Raw (decoded) length in bytes.
+    pub raw_len: u64,
+    /// How the blob is encoded.
+    pub codec: Codec,
+    /// Where the blob is.
+    pub location: BlobLocation,
+    /// BLAKE3 of the stored bytes.
+    pub checksum: Digest,
+    /// Number of references from model files and tensors.
+    pub refcount: i64,
+}
+
+/// An object to insert: everything but the id and refcount.
+#[derive(Debug, Clone)]
+pub struct NewObject {
+    /// Content key.
+    pub key: Digest,
+    /// Tensor or file.
+    pub kind: ObjectKind,
+    /// Shape (empty for files).
+    pub shape: Vec<u64>,
+    /// Raw length.
+    pub raw_len: u64,
+    /// Codec.
+    pub codec: Codec,
+    /// Blob location.
+    pub location: BlobLocation,
+    /// Checksum of the stored bytes.
+    pub checksum: Digest,
+}
+
+/// A model row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRow {
+    /// Row id.
+    pub id: i64,
+    /// Unique name.
+    pub name: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_unix: i64,
+    /// "safetensors" or "directory".
+    pub source_format: String,
+    /// JSON object of user metadata.
+    pub metadata: String,
+    /// Tensor bytes as imported.
+    pub raw_bytes: u64,
+}
+
+/// How a model file is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// A safetensors file: its object is the header JSON, its tensors are listed separately.
+    Safetensors,
+    /// Any other file: its object is the file's bytes.
+    Plain,
+}
+
+/// One file of a model.
+#[derive(Debug, Clone)]
+pub struct FileRow {
+    /// Path relative to the model root ("model.safetensors", "1_Pooling/config.json").
+    pub path: String,
+    /// Safetensors or plain.
+    pub kind: FileKind,
+    /// Header (safetensors) or content (plain).
+    pub object: ObjectRow,
+}
+
+/// One tensor of a safetensors file of a model.
+#[derive(Debug, Clone)]
+pub struct TensorRow {
+    /// File the tensor belongs to.
+    pub path: String,
+    /// Position in the file's data buffer (0-based, offset order).
+    pub position: i64,
+    /// Tensor name.
+    pub name: String,
+    /// Its object.
+    pub object: ObjectRow,
+}
+
+/// The catalog database.
+pub struct Catalog {
+    conn: Connection,
+}
+
+const OBJECT_COLUMNS: &str = "o.object_id, o.content_key, o.kind, o.dtype, o.shape, o.raw_len, o.codec, \
+     o.pack_id, o.offset, o.stored_len, o.checksum, o.refcount";
+
+impl Catalog {
+    /// Opens (or, with `create`, creates) the catalog at `path` and migrates it.
+    pub fn open(path: &Path, create: bool) -> Result<Self> {
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let mut conn = Connection::open_with_flags(path, flags)?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        schema::migrate(&mut conn)?;
+        Ok(Catalog { conn })
+    }
+
+    /// Starts a write transaction (taking SQLite's write lock at once).
+    pub fn write(&mut self) -> Result<WriteTxn<'_>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        Ok(WriteTxn { tx })
+    }
+
+    /// Starts a read transaction: every query through it sees one consistent snapshot.
+    pub fn read(&mut self) -> Result<ReadTxn<'_>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?;
+        Ok(ReadTxn { tx })
+    }
+
+    /// Size of the catalog files (database and write-ahead log) in bytes.
+    pub fn file_bytes(path: &Path) -> u64 {
+        ["", "-wal"]
+            .iter()
+            .filter_map(|s| std::fs::metadata(format!("{}{s}", path.display())).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+}
+
+/// Queries shared by read and write transactions.
+pub trait Queries {
+    /// The underlying connection.
+    fn conn(&self) -> &Connection;
+
+    /// A model by name.
+    fn model(&self, name: &str) -> Result<Option<ModelRow>> {
+        self.conn()
+            .query_row(
+                "SELECT model_id, name, created_unix, source_format, metadata, raw_bytes FROM models WHERE name = ?1",
+                [name],
+                model_row,
+            )
+            .optional()
+            .map_err(Into::into)
+    }
+
+    /// All models, by name.
+    fn models(&self) -> Result<Vec<ModelRow>> {
+        let mut stmt = self.conn().prepare(
+            "SELECT model_id, name, created_unix, source_format, metadata, raw_bytes FROM models ORDER BY name",
+        )?;
+        let rows = stmt
+            .query_map([], model_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// A model's files, by path.
+    fn model_files(&self, model_id: i64) -> Result<Vec<FileRow>> {
+        let sql = format!(
+            "SELECT f.path, f.kind, {OBJECT_COLUMNS} FROM model_files f JOIN objects o USING (object_id) \
+             WHERE f.model_id = ?1 ORDER BY f.path"
+        );
+        let mut stmt = self.conn().prepare(&sql)?;
+        let mut rows = stmt.query([model_id])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let path: String = r.get(0)?;
+            let kind = match r.get::<_, i64>(1)? {
+                0 => FileKind::Safetensors,
+                1 => FileKind::Plain,
+                k => {
+                    return Err(StorageError::corrupt(
+                        format!("model file {path:?}"),
+                        format!("kind {k}"),
+                    ));
+                }
+            };
+            let object = object_row(r, 2)?;
+            out.push(FileRow { path, kind, object });
+        }
+        Ok(out)
+    }
+
+    /// A model's tensors, by file and position.
+    fn model_tensors(&self, model_id: i64) -> Result<Vec<TensorRow>> {
+        let sql = format!(
+            "SELECT t.path, t.position, t.name, {OBJECT_COLUMNS} FROM model_tensors t JOIN objects o USING (object_id) \
+             WHERE t.model_id = ?1 ORDER BY t.path, t.position"
+        );
+        let mut stmt = self.conn().prepare(&sql)?;
+        let mut rows = stmt.query([model_id])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let object = object_row(r, 3)?;
+            out.push(TensorRow {
+                path: r.get(0)?,
+                position: r.get(1)?,
+                name: r.get(2)?,
+                object,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The object with this content key, if stored.
+    fn object_by_key(&self, key: &Digest) -> Result<Option<ObjectRow>> {
+        let sql = format!("SELECT {OBJECT_COLUMNS} FROM objects o WHERE o.content_key = ?1");
+        let mut stmt = self.conn().prepare_cached(&sql)?;
+        let mut rows = stmt.query([&key[..]])?;
+        match rows.next()? {
+            Some(r) => Ok(Some(object_row(r, 0)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every object, by id.
+    fn objects(&self) -> Result<Vec<ObjectRow>> {
+        let sql = format!("SELECT {OBJECT_COLUMNS} FROM objects o ORDER BY o.object_id");
+        let mut stmt = self.conn().prepare(&sql)?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(object_row(r, 0)?);
+        }
+        Ok(out)
+    }
+
+    /// Every pack: (id, committed length).
+    fn packs(&self) -> Result<Vec<(u64, u64)>> {
+        let mut stmt = self
+            .conn()
+            .prepare("SELECT pack_id, committed_len FROM packs ORDER BY pack_id")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(id, len)| match (u64::try_from(id), u64::try_from(len)) {
+                (Ok(id), Ok(len)) => Ok((id, len)),
+                _ => Err(StorageError::corrupt(
+                    "packs table",
+                    format!("pack {id} length {len}"),
+                )),
+            })
+            .collect()
+    }
+
+    /// Counts: (models, tensor references, distinct tensor objects).
+    fn counts(&self) -> Result<(u64, u64, u64)> {
+        let c = self.conn();
+        let n = |sql: &str| {
+            c.query_row(sql, [], |r| r.get::<_, i64>(0))
+                .map(|v| v as u64)
+        };
+        Ok((
+            n("SELECT count(*) FROM models")?,
+            n("SELECT count(*) FROM model_tensors")?,
+            n("SELECT count(*) FROM objects WHERE kind = 0")?,
+        ))
+    }
+
+    /// Number of models other than `model_id` that reference `object_id`.
+    fn other_models_using(&self, object_id: i64, model_id: i64) -> Result<u64> {
+        let n: i64 = self.conn().query_row(
+            "SELECT count(DISTINCT model_id) FROM ( \
+               SELECT model_id FROM model_tensors WHERE object_id = ?1 \
+               UNION ALL SELECT model_id FROM model_files WHERE object_id = ?1) WHERE model_id != ?2",
+            params![object_id, model_id],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+}
+
+/// A read transaction.
+pub struct ReadTxn<'c> {
+    tx: Transaction<'c>,
+}
+
+impl Queries for ReadTxn<'_> {
+    fn conn(&self) -> &Connection {
+        &self.tx
+    }
+}
+
+/// A write transaction; nothing is visible to readers until [`WriteTxn::commit`].
+pub struct WriteTxn<'c> {
+    tx: Transaction<'c>,
+}
+
+impl Queries for WriteTxn<'_> {
+    fn conn(&self) -> &Connection {
+        &self.tx
+    }
+}
+
+impl WriteTxn<'_> {
+    /// Publishes everything done in this transaction atomically.
+    pub fn commit(self) -> Result<()> {
+        self.tx.commit().map_err(Into::into)
+    }
+
+    /// Sets a pack's committed length, creating its row if needed.
+    pub fn set_pack_len(&self, pack_id: u64, len: u64) -> Result<()> {
+        self.tx.execute(
+            "INSERT INTO packs (pack_id, committed_len) VALUES (?1, ?2) \
+             ON CONFLICT (pack_id) DO UPDATE SET committed_len = excluded.committed_len",
+            params![pack_id as i64, len as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Removes a pack's row (its file is removed after the commit).
+    pub fn delete_pack(&self, pack_id: u64) -> Result<()> {
+        self.tx
+            .execute("DELETE FROM packs WHERE pack_id = ?1", [pack_id as i64])?;
+        Ok(())
+    }
+
+    /// Inserts an object with refcount 0 and returns its id.
+    pub fn insert_object(&self, o: &NewObject) -> Result<i64> {
+        let (kind, dtype) = match o.kind {
+            ObjectKind::Tensor { dtype } => (0, Some(dtype.as_str())),
+            ObjectKind::File => (1, None),
+        };
+        let shape = matches!(o.kind, ObjectKind::Tensor { .. })
+            .then(|| serde_json::to_string(&o.shape).expect("shape serializes"));
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT INTO objects (content_key, kind, dtype, shape, raw_len, codec, pack_id, offset, stored_len, checksum, refcount) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0)",
+        )?;
+        stmt.execute(params![
+            &o.key[..],
+            kind,
+            dtype,
+            shape,
+            o.raw_len as i64,
+            o.codec.tag() as i64,
+            o.location.pack_id as i64,
+            o.location.offset as i64,
+            o.location.len as i64,
+            &o.checksum[..],
+        ])?;
+        Ok(self.tx.last_insert_rowid())
+    }
+
+    /// Moves an object's blob (garbage collection).
+    pub fn relocate_object(&self, object_id: i64, to: BlobLocation) -> Result<()> {
+        self.tx.execute(
+            "UPDATE objects SET pack_id = ?2, offset = ?3 WHERE object_id = ?1",
+            params![object_id, to.pack_id as i64, to.offset as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Inserts a model and returns its id.
+    pub fn insert_model(&self, m: &ModelRow) -> Result<i64> {
+        if self.model(&m.name)?.is_some() {
+            return Err(StorageError::ModelExists(m.name.clone()));
+        }
+        self.tx.execute(
+            "INSERT INTO models (name, created_unix, source_format, metadata, raw_bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![m.name, m.created_unix, m.source_format, m.metadata, m.raw_bytes as i64],
+        )?;
+        Ok(self.tx.last_insert_rowid())
+    }
+
+    /// Adds a file to a model and references its object.
+    pub fn insert_model_file(
+        &self,
+        model_id: i64,
+        path: &str,
+        kind: FileKind,
+        object_id: i64,
+    ) -> Result<()> {
+        let kind = match kind {
+            FileKind::Safetensors => 0,
+            FileKind::Plain => 1,
+        };
+        self.tx.execute(
+            "INSERT INTO model_files (model_id, path, kind, object_id) VALUES (?1, ?2, ?3, ?4)",
+            params![model_id, path, kind, object_id],
+        )?;
+        self.add_ref(object_id, 1)
+    }
+
+    /// Adds a tensor to a model file and references its object.
+    pub fn insert_model_tensor(
+        &self,
+        model_id: i64,
+        path: &str,
+        position: i64,
+        name: &str,
+        object_id: i64,
+    ) -> Result<()> {
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT INTO model_tensors (model_id, path, position, name, object_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        stmt.execute(params![model_id, path, position, name, object_id])?;
+        self.add_ref(object_id, 1)
+    }
+
+    fn add_ref(&self, object_id: i64, delta: i64) -> Result<()> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("UPDATE objects SET refcount = refcount + ?2 WHERE object_id = ?1")?;
+        stmt.execute(params![object_id, delta])?;
+        Ok(())
+    }
+
+    /// Deletes a model, drops its references, and deletes the objects no longer referenced.
+    /// Returns the number of objects deleted.
+    pub fn delete_model(&self, name: &str) -> Result<u64> {
+        let model = self
+            .model(name)?
+            .ok_or_else(|| StorageError::ModelNotFound(name.to_string()))?;
+        for table in ["model_tensors", "model_files"] {
+            self.tx.execute(
+                &format!(
+                    "UPDATE objects SET refcount = refcount - (SELECT count(*) FROM {table} t \
+                     WHERE t.model_id = ?1 AND t.object_id = objects.object_id) \
+                     WHERE object_id IN (SELECT object_id FROM {table} WHERE model_id = ?1)"
+                ),
+                [model.id],
+            )?;
+            self.tx.execute(
+                &format!("DELETE FROM {table} WHERE model_id = ?1"),
+                [model.id],
+            )?;
+        }
+        self.tx
+            .execute("DELETE FROM models WHERE model_id = ?1", [model.id])?;
+        let deleted = self
+            .tx
+            .execute("DELETE FROM objects WHERE refcount = 0", [])?;
+        Ok(deleted as u64)
+    }
+}
+
+fn model_row(r: &Row) -> rusqlite::Result<ModelRow> {
+    Ok(ModelRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        created_unix: r.get(2)?,
+        source_format: r.get(3)?,
+        metadata: r.get(4)?,
+        raw_bytes: r.get::<_, i64>(5)? as u64,
+    })
+}
+
+/// Reads and validates an object row starting at column `at`.
+fn object_row(r: &Row, at: usize) -> Result<ObjectRow> {
+    let id: i64 = r.get(at)?;
+    let what = format!("object {id}");
+    let bad = |detail: String| StorageError::corrupt(&what, detail);
+    let digest = |v: Vec<u8>, field: &str| -> Result<Digest> {
+        v.try_into()
+            .map_err(|_| bad(format!("{field} is not 32 bytes")))
+    };
+    let key = digest(r.get(at + 1)?, "content key")?;
+    let kind_tag: i64 = r.get(at + 2)?;
+    let dtype: Option<String> = r.get(at + 3)?;
+    let shape_json: Option<String> = r.get(at + 4)?;
+    let nonneg = |col: usize, field: &str| -> Result<u64> {
+        u64::try_from(r.get::<_, i64>(at + col)?).map_err(|_| bad(format!("negative {field}")))
+    };
+    let raw_len = nonneg(5, "raw length")?;
+    let codec = Codec::from_tag(r.get(at + 6)?).map_err(|e| bad(e.to_string()))?;
+    let location = BlobLocation {
+        pack_id: nonneg(7, "pack id")?,
+        offset: nonneg(8, "offset")?,
+        len: nonneg(9, "stored length")?,
+    };
+    let checksum = digest(r.get(at + 10)?, "checksum")?;
+    let refcount: i64 = r.get(at + 11)?;
+    if !location.offset.is_multiple_of(BLOB_ALIGN) {
+        return Err(bad(format!(
+            "offset {} is not {BLOB_ALIGN}-aligned",
+            location.offset
+        )));
+    }
+    if codec == Codec::Raw && location.len != raw_len {
+        return Err(bad(format!(
+            "raw blob of {} bytes for {raw_len} raw bytes",
+            location.len
+        )));
+    }
+    let (kind, shape) = match (kind_tag, dtype, shape_json) {
+        (0, Some(dtype), Some(shape_json)) => {
+            let dtype: DType = dtype.parse().map_err(|e| bad(format!("{e}")))?;
+            let shape: Vec<u64> =
+                serde_json::from_str(&shape_json).map_err(|e| bad(format!("shape: {e}")))?;
+            let expected = element_count(&shape).and_then(|n| dtype.byte_len(n));
+            if expected != Some(raw_len) {
+                return Err(bad(format!(
+                    "shape {shape:?} of {dtype} does not match {raw_len} raw bytes"
+                )));
+            }
+            (ObjectKind::Tensor { dtype }, shape)
+        }
+        (1, None, None) => (ObjectKind::File, Vec::new()),
+        _ => return Err(bad("kind, dtype and shape disagree".into())),
+    };
+    Ok(ObjectRow {
+        id,
+        key,
+        kind,
+        shape,
+        raw_len,
+        codec,
+        location,
+        checksum,
+        refcount,
+    })
+}

@@ -1,0 +1,83 @@
+//! The catalog's schema and its migrations. `PRAGMA user_version` holds the schema version.
+
+use rusqlite::Connection;
+
+use crate::error::{Result, StorageError};
+
+/// Migrations in order; migration `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // v1: models, their files and tensors, content-addressed objects, packs.
+    r#"
+    CREATE TABLE store_meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE packs (
+        pack_id       INTEGER PRIMARY KEY,
+        committed_len INTEGER NOT NULL CHECK (committed_len >= 0)
+    ) STRICT;
+    CREATE TABLE objects (
+        object_id   INTEGER PRIMARY KEY,
+        content_key BLOB NOT NULL UNIQUE CHECK (length(content_key) = 32),
+        kind        INTEGER NOT NULL CHECK (kind IN (0, 1)),
+        dtype       TEXT,
+        shape       TEXT,
+        raw_len     INTEGER NOT NULL CHECK (raw_len >= 0),
+        codec       INTEGER NOT NULL,
+        pack_id     INTEGER NOT NULL REFERENCES packs (pack_id),
+        offset      INTEGER NOT NULL CHECK (offset >= 0),
+        stored_len  INTEGER NOT NULL CHECK (stored_len >= 0),
+        checksum    BLOB NOT NULL CHECK (length(checksum) = 32),
+        refcount    INTEGER NOT NULL CHECK (refcount >= 0)
+    ) STRICT;
+    CREATE INDEX objects_by_pack ON objects (pack_id);
+    CREATE TABLE models (
+        model_id      INTEGER PRIMARY KEY,
+        name          TEXT NOT NULL UNIQUE,
+        created_unix  INTEGER NOT NULL,
+        source_format TEXT NOT NULL,
+        metadata      TEXT NOT NULL,
+        raw_bytes     INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE model_files (
+        model_id  INTEGER NOT NULL REFERENCES models (model_id),
+        path      TEXT NOT NULL,
+        kind      INTEGER NOT NULL CHECK (kind IN (0, 1)),
+        object_id INTEGER NOT NULL REFERENCES objects (object_id),
+        PRIMARY KEY (model_id, path)
+    ) STRICT;
+    CREATE TABLE model_tensors (
+        model_id  INTEGER NOT NULL REFERENCES models (model_id),
+        path      TEXT NOT NULL,
+        position  INTEGER NOT NULL,
+        name      TEXT NOT NULL,
+        object_id INTEGER NOT NULL REFERENCES objects (object_id),
+        PRIMARY KEY (model_id, path, position)
+    ) STRICT;
+    CREATE INDEX model_tensors_by_object ON model_tensors (object_id);
+    "#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the catalog to [`SCHEMA_VERSION`], refusing catalogs from newer builds.
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(StorageError::TooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version as i64 + 1)?;
+    }
+    tx.commit()?;
+    Ok(())
+}

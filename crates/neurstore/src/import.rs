@@ -1,0 +1,234 @@
+//! Reading a model from disk: a safetensors file or a Hugging Face style directory, validated
+//! strictly before anything is written to the store.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::path::{Component, Path, PathBuf};
+
+use memmap2::Mmap;
+use neurstore_core::safetensors::{self, Header};
+
+use crate::error::{Error, Result};
+
+/// Largest number of files taken from one model directory.
+const MAX_FILES: usize = 100_000;
+
+/// A model read from disk, every file mapped and every safetensors file validated.
+pub struct SourceModel {
+    /// "safetensors" for a single file, "directory" for a model directory.
+    pub format: &'static str,
+    /// The files, sorted by relative path.
+    pub files: Vec<SourceFile>,
+}
+
+/// One input file.
+pub struct SourceFile {
+    /// Path relative to the model root, '/'-separated.
+    pub rel_path: String,
+    /// Where it was read from.
+    pub disk_path: PathBuf,
+    /// Its bytes.
+    pub bytes: FileBytes,
+    /// The parsed header, for safetensors files.
+    pub header: Option<Header>,
+}
+
+/// A file's bytes: mapped, or empty (an empty file cannot be mapped).
+pub enum FileBytes {
+    /// Memory-mapped.
+    Mapped(Mmap),
+    /// A zero-length file.
+    Empty,
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Empty => &[],
+        }
+    }
+}
+
+impl SourceFile {
+    /// The header JSON bytes of a safetensors file.
+    pub fn header_json(&self) -> &[u8] {
+        let h = self.header.as_ref().expect("safetensors file");
+        &self.bytes[8..h.data_start as usize]
+    }
+
+    /// The bytes of the tensor at `index` in offset order.
+    pub fn tensor_bytes(&self, index: usize) -> &[u8] {
+        let h = self.header.as_ref().expect("safetensors file");
+        let t = &h.tensors[index];
+        &self.bytes[(h.data_start + t.start) as usize..(h.data_start + t.end) as usize]
+    }
+}
+
+/// Reads `path`: a `.safetensors` file or a model directory.
+pub fn read_source(path: &Path) -> Result<SourceModel> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        read_directory(path)
+    } else {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Error::invalid(path, "file name is not valid UTF-8"))?;
+        let file = read_file(path, name.to_string(), true)?;
+        Ok(SourceModel {
+            format: "safetensors",
+            files: vec![file],
+        })
+    }
+}
+
+fn read_file(disk_path: &Path, rel_path: String, safetensors: bool) -> Result<SourceFile> {
+    let file = File::open(disk_path).map_err(|e| Error::io(disk_path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(disk_path, e))?.len();
+    let bytes = if len == 0 {
+        FileBytes::Empty
+    } else {
+        // SAFETY: the map is read-only; a file changed under us during import can at worst yield
+        // bytes that fail validation or a checksum, never memory unsafety in our code.
+        FileBytes::Mapped(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(disk_path, e))?)
+    };
+    let header = if safetensors {
+        Some(
+            safetensors::parse(&bytes).map_err(|source| Error::BadSafetensors {
+                path: disk_path.to_path_buf(),
+                source,
+            })?,
+        )
+    } else {
+        None
+    };
+    Ok(SourceFile {
+        rel_path,
+        disk_path: disk_path.to_path_buf(),
+        bytes,
+        header,
+    })
+}
+
+fn read_directory(root: &Path) -> Result<SourceModel> {
+    let mut rel_paths = Vec::new();
+    collect_files(root, root, &mut rel_paths)?;
+    rel_paths.sort();
+    if !rel_paths.iter().any(|p| p.ends_with(".safetensors")) {
+        return Err(Error::invalid(
+            root,
+            "the directory holds no .safetensors file; convert the weights to safetensors first",
+        ));
+    }
+    let files = rel_paths
+        .into_iter()
+        .map(|rel| {
+            let is_st = rel.ends_with(".safetensors");
+            read_file(&root.join(&rel), rel, is_st)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for index in files
+        .iter()
+        .filter(|f| f.rel_path.ends_with(".safetensors.index.json"))
+    {
+        check_shard_index(index, &files)?;
+    }
+    Ok(SourceModel {
+        format: "directory",
+        files,
+    })
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let path = entry.path();
+        // Follows symbolic links (Hugging Face caches link snapshot files to blobs).
+        let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
+        if meta.is_dir() {
+            collect_files(root, &path, out)?;
+        } else if meta.is_file() {
+            out.push(relative_path(root, &path)?);
+            if out.len() > MAX_FILES {
+                return Err(Error::invalid(root, format!("more than {MAX_FILES} files")));
+            }
+        } else {
+            return Err(Error::invalid(&path, "not a regular file or directory"));
+        }
+    }
+    Ok(())
+}
+
+fn relative_path(root: &Path, path: &Path) -> Result<String> {
+    let rel = path.strip_prefix(root).expect("walked below root");
+    let mut parts = Vec::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(p) => parts.push(
+                p.to_str()
+                    .ok_or_else(|| Error::invalid(path, "path is not valid UTF-8"))?
+                    .to_string(),
+            ),
+            _ => return Err(Error::invalid(path, "unexpected path component")),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+/// Checks a `*.safetensors.index.json`: every tensor it maps exists in the shard it names, and
+/// every tensor of those shards is mapped.
+fn check_shard_index(index: &SourceFile, files: &[SourceFile]) -> Result<()> {
+    let bad = |detail: String| Error::invalid(&index.disk_path, detail);
+    let json: serde_json::Value =
+        serde_json::from_slice(&index.bytes).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("has no \"weight_map\" object".into()))?;
+    let dir = index
+        .rel_path
+        .rsplit_once('/')
+        .map(|(d, _)| format!("{d}/"))
+        .unwrap_or_default();
+    let shards: HashMap<&str, HashSet<&str>> = files
+        .iter()
+        .filter_map(|f| {
+            let h = f.header.as_ref()?;
+            Some((
+                f.rel_path.as_str(),
+                h.tensors.iter().map(|t| t.name.as_str()).collect(),
+            ))
+        })
+        .collect();
+    let mut mapped: BTreeMap<String, HashSet<&str>> = BTreeMap::new();
+    for (tensor, shard) in map {
+        let shard = shard
+            .as_str()
+            .ok_or_else(|| bad(format!("shard of {tensor:?} is not a string")))?;
+        let shard_path = format!("{dir}{shard}");
+        let names = shards.get(shard_path.as_str()).ok_or_else(|| {
+            bad(format!(
+                "maps {tensor:?} to {shard:?}, which is not in the directory"
+            ))
+        })?;
+        if !names.contains(tensor.as_str()) {
+            return Err(bad(format!(
+                "maps {tensor:?} to {shard:?}, which has no such tensor"
+            )));
+        }
+        mapped
+            .entry(shard_path)
+            .or_default()
+            .insert(tensor.as_str());
+    }
+    for (shard, names) in &mapped {
+        let missing = shards[shard.as_str()].iter().find(|n| !names.contains(*n));
+        if let Some(n) = missing {
+            return Err(bad(format!("does not map tensor {n:?} of {shard}")));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,360 @@
+//! Read-only views of the store: `ls`, `info`, `stats`, `verify`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use neurstore_core::key::{file_key, tensor_key};
+use neurstore_storage::StorageError;
+use neurstore_storage::catalog::{ObjectKind, ObjectRow, Queries};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::Store;
+use crate::error::Result;
+use crate::progress::Progress;
+
+/// One line of `ls`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelSummary {
+    /// Name.
+    pub name: String,
+    /// Creation time (seconds since the Unix epoch).
+    pub created_unix: i64,
+    /// "safetensors" or "directory".
+    pub source_format: String,
+    /// Tensor bytes as imported.
+    pub raw_bytes: u64,
+}
+
+/// `info` of a model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    /// Name.
+    pub name: String,
+    /// Creation time (seconds since the Unix epoch).
+    pub created_unix: i64,
+    /// "safetensors" or "directory".
+    pub source_format: String,
+    /// User metadata.
+    pub metadata: serde_json::Value,
+    /// Tensor bytes as imported.
+    pub raw_bytes: u64,
+    /// Stored bytes of every distinct object the model uses (shared ones included).
+    pub stored_bytes: u64,
+    /// Stored bytes used by this model alone: what `rm` then `gc` would free.
+    pub exclusive_bytes: u64,
+    /// Its files.
+    pub files: Vec<FileInfo>,
+    /// Its tensors.
+    pub tensors: Vec<TensorInfo>,
+}
+
+/// A file of a model.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileInfo {
+    /// Relative path.
+    pub path: String,
+    /// "safetensors" or "plain".
+    pub kind: &'static str,
+    /// Bytes of the file (for safetensors: the header only; tensors are listed apart).
+    pub raw_bytes: u64,
+    /// Stored bytes.
+    pub stored_bytes: u64,
+}
+
+/// A tensor of a model.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorInfo {
+    /// File it belongs to.
+    pub file: String,
+    /// Name.
+    pub name: String,
+    /// Element type.
+    pub dtype: String,
+    /// Shape.
+    pub shape: Vec<u64>,
+    /// Raw bytes.
+    pub raw_bytes: u64,
+    /// Stored bytes.
+    pub stored_bytes: u64,
+    /// Codec name.
+    pub codec: &'static str,
+    /// Bits stored per element.
+    pub bits_per_element: f64,
+    /// True when other models (or other names) use the same stored object.
+    pub shared: bool,
+}
+
+/// `stats` of the store.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    /// Models.
+    pub models: u64,
+    /// Tensors over all models (a tensor in two models counts twice).
+    pub tensors: u64,
+    /// Distinct tensor objects stored.
+    pub unique_tensors: u64,
+    /// Tensor bytes of every model as imported.
+    pub raw_bytes: u64,
+    /// Bytes the store occupies on disk: pack files plus catalog.
+    pub stored_bytes: u64,
+    /// Pack file bytes.
+    pub pack_bytes: u64,
+    /// Catalog bytes.
+    pub catalog_bytes: u64,
+    /// Stored bytes of live objects.
+    pub live_object_bytes: u64,
+    /// Pack bytes that `gc` can reclaim (blobs of deleted models), not counting alignment.
+    pub reclaimable_bytes: u64,
+    /// raw_bytes / stored_bytes.
+    pub ratio: f64,
+    /// Objects by kind and codec.
+    pub by_kind: BTreeMap<String, KindStats>,
+}
+
+/// Objects of one kind and codec.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KindStats {
+    /// Objects.
+    pub objects: u64,
+    /// Their raw bytes.
+    pub raw_bytes: u64,
+    /// Their stored bytes.
+    pub stored_bytes: u64,
+}
+
+/// Result of `verify`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// Models checked.
+    pub models: u64,
+    /// Objects read, decoded and re-keyed.
+    pub objects: u64,
+    /// Stored bytes read.
+    pub stored_bytes: u64,
+    /// Everything found wrong (empty when the store is sound).
+    pub problems: Vec<String>,
+}
+
+impl Store {
+    /// All models, by name.
+    pub fn list(&self) -> Result<Vec<ModelSummary>> {
+        let models = self.engine.read(|q| q.models())?;
+        Ok(models
+            .into_iter()
+            .map(|m| ModelSummary {
+                name: m.name,
+                created_unix: m.created_unix,
+                source_format: m.source_format,
+                raw_bytes: m.raw_bytes,
+            })
+            .collect())
+    }
+
+    /// Details of one model.
+    pub fn info(&self, name: &str) -> Result<ModelInfo> {
+        Ok(self.engine.read(|q| {
+            let model = q
+                .model(name)?
+                .ok_or_else(|| StorageError::ModelNotFound(name.to_string()))?;
+            let files = q.model_files(model.id)?;
+            let tensors = q.model_tensors(model.id)?;
+            let mut uses: HashMap<i64, (i64, &ObjectRow)> = HashMap::new();
+            for o in files
+                .iter()
+                .map(|f| &f.object)
+                .chain(tensors.iter().map(|t| &t.object))
+            {
+                uses.entry(o.id).or_insert((0, o)).0 += 1;
+            }
+            let shared = |o: &ObjectRow| o.refcount > uses[&o.id].0;
+            let stored_bytes = uses.values().map(|(_, o)| o.location.len).sum();
+            let exclusive_bytes = uses
+                .values()
+                .filter(|(_, o)| !shared(o))
+                .map(|(_, o)| o.location.len)
+                .sum();
+            Ok(ModelInfo {
+                name: model.name.clone(),
+                created_unix: model.created_unix,
+                source_format: model.source_format.clone(),
+                metadata: serde_json::from_str(&model.metadata).unwrap_or(serde_json::Value::Null),
+                raw_bytes: model.raw_bytes,
+                stored_bytes,
+                exclusive_bytes,
+                files: files
+                    .iter()
+                    .map(|f| FileInfo {
+                        path: f.path.clone(),
+                        kind: match f.kind {
+                            neurstore_storage::catalog::FileKind::Safetensors => "safetensors",
+                            neurstore_storage::catalog::FileKind::Plain => "plain",
+                        },
+                        raw_bytes: f.object.raw_len,
+                        stored_bytes: f.object.location.len,
+                    })
+                    .collect(),
+                tensors: tensors
+                    .iter()
+                    .map(|t| {
+                        let dtype = match t.object.kind {
+                            ObjectKind::Tensor { dtype } => dtype,
+                            ObjectKind::File => neurstore_core::dtype::DType::U8,
+                        };
+                        let elements =
+                            neurstore_core::dtype::element_count(&t.object.shape).unwrap_or(0);
+                        TensorInfo {
+                            file: t.path.clone(),
+                            name: t.name.clone(),
+                            dtype: dtype.to_string(),
+                            shape: t.object.shape.clone(),
+                            raw_bytes: t.object.raw_len,
+                            stored_bytes: t.object.location.len,
+                            codec: t.object.codec.name(),
+                            bits_per_element: if elements == 0 {
+                                0.0
+                            } else {
+                                t.object.location.len as f64 * 8.0 / elements as f64
+                            },
+                            shared: shared(&t.object),
+                        }
+                    })
+                    .collect(),
+            })
+        })?)
+    }
+
+    /// Store-wide figures.
+    pub fn stats(&self) -> Result<Stats> {
+        let (models, (_, tensor_refs, unique_tensors), objects, packs) = self
+            .engine
+            .read(|q| Ok((q.models()?, q.counts()?, q.objects()?, q.packs()?)))?;
+        let usage = self.engine.disk_usage()?;
+        let raw_bytes: u64 = models.iter().map(|m| m.raw_bytes).sum();
+        let stored_bytes = usage.pack_bytes + usage.catalog_bytes;
+        let live_object_bytes: u64 = objects.iter().map(|o| o.location.len).sum();
+        let mut live_by_pack: HashMap<u64, u64> = HashMap::new();
+        for o in &objects {
+            *live_by_pack.entry(o.location.pack_id).or_default() +=
+                neurstore_storage::pack::align_up(o.location.len);
+        }
+        let reclaimable_bytes = packs
+            .iter()
+            .map(|(id, len)| {
+                neurstore_storage::pack::align_up(*len)
+                    .saturating_sub(live_by_pack.get(id).copied().unwrap_or(0))
+            })
+            .sum();
+        let mut by_kind: BTreeMap<String, KindStats> = BTreeMap::new();
+        for o in &objects {
+            let kind = match o.kind {
+                ObjectKind::Tensor { .. } => "tensor",
+                ObjectKind::File => "file",
+            };
+            let entry = by_kind
+                .entry(format!("{kind}/{}", o.codec.name()))
+                .or_default();
+            entry.objects += 1;
+            entry.raw_bytes += o.raw_len;
+            entry.stored_bytes += o.location.len;
+        }
+        Ok(Stats {
+            models: models.len() as u64,
+            tensors: tensor_refs,
+            unique_tensors,
+            raw_bytes,
+            stored_bytes,
+            pack_bytes: usage.pack_bytes,
+            catalog_bytes: usage.catalog_bytes,
+            live_object_bytes,
+            reclaimable_bytes,
+            ratio: if stored_bytes == 0 {
+                0.0
+            } else {
+                raw_bytes as f64 / stored_bytes as f64
+            },
+            by_kind,
+        })
+    }
+
+    /// Reads, checksums, decodes and re-keys every object, and checks every model's headers
+    /// against its tensors. Problems are collected, not returned as errors.
+    pub fn verify(&self, progress: &dyn Progress) -> Result<VerifyReport> {
+        let (models, objects, packs) = self
+            .engine
+            .read(|q| Ok((q.models()?, q.objects()?, q.packs()?)))?;
+        let mut problems = Vec::new();
+        for (id, committed) in &packs {
+            if let Err(e) = self.engine.pack_file_len(*id).and_then(|len| {
+                if len < *committed {
+                    Err(StorageError::corrupt(
+                        format!("pack {id}"),
+                        format!("{len} bytes on disk, {committed} committed"),
+                    ))
+                } else {
+                    Ok(())
+                }
+            }) {
+                problems.push(e.to_string());
+            }
+        }
+        let total: u64 = objects.iter().map(|o| o.location.len).sum();
+        progress.start("verifying", total);
+        let object_problems: Vec<String> = objects
+            .par_iter()
+            .filter_map(|o| {
+                let what = format!("object {}", o.id);
+                let result = self.decode_object(o, &what).and_then(|data| {
+                    let key = match o.kind {
+                        ObjectKind::Tensor { dtype } => tensor_key(dtype, &o.shape, &data),
+                        ObjectKind::File => file_key(&data),
+                    };
+                    if key == o.key {
+                        Ok(())
+                    } else {
+                        Err(StorageError::corrupt(
+                            what.clone(),
+                            "decoded content does not match its key",
+                        )
+                        .into())
+                    }
+                });
+                progress.advance(o.location.len);
+                result.err().map(|e| e.to_string())
+            })
+            .collect();
+        problems.extend(object_problems);
+        for m in &models {
+            // Decoding every header checks it against the catalog's tensors.
+            let snapshot_check = self
+                .engine
+                .read(|q| Ok((q.model_files(m.id)?, q.model_tensors(m.id)?)));
+            match snapshot_check {
+                Ok((files, tensors)) => {
+                    for f in files
+                        .iter()
+                        .filter(|f| f.kind == neurstore_storage::catalog::FileKind::Safetensors)
+                    {
+                        let what = format!("model {:?} file {:?}", m.name, f.path);
+                        let rows: Vec<_> = tensors.iter().filter(|t| t.path == f.path).collect();
+                        let check = self
+                            .decode_object(&f.object, &what)
+                            .and_then(|head| crate::export::check_header(&head, &rows, &what));
+                        if let Err(e) = check {
+                            problems.push(e.to_string());
+                        }
+                    }
+                }
+                Err(e) => problems.push(format!("model {:?}: {e}", m.name)),
+            }
+        }
+        progress.finish();
+        problems.sort();
+        problems.dedup();
+        Ok(VerifyReport {
+            models: models.len() as u64,
+            objects: objects.len() as u64,
+            stored_bytes: total,
+            problems,
+        })
+    }
+}

@@ -1,0 +1,158 @@
+//! NeurStore: an embedded storage engine for deep learning models.
+//!
+//! A store is one directory. Models go in as safetensors files or Hugging Face style model
+//! directories; each distinct tensor and file is stored once, compressed losslessly where that
+//! pays, and every model comes back byte for byte.
+//!
+//! ```
+//! use neurstore::{NoProgress, PutOptions, Store};
+//! # fn main() -> Result<(), neurstore::Error> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let root = dir.path().join("store");
+//! Store::init(&root)?;
+//! let store = Store::open_writer(&root)?;
+//!
+//! // A one-tensor safetensors file.
+//! let header = br#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+//! let mut file = (header.len() as u64).to_le_bytes().to_vec();
+//! file.extend_from_slice(header);
+//! file.extend_from_slice(&[0, 0, 128, 63, 0, 0, 0, 64]);
+//! let input = dir.path().join("tiny.safetensors");
+//! std::fs::write(&input, &file).unwrap();
+//!
+//! store.put("tiny", &input, &PutOptions::default(), &NoProgress)?;
+//! store.put("tiny-again", &input, &PutOptions::default(), &NoProgress)?;
+//! assert_eq!(store.stats()?.unique_tensors, 1);
+//!
+//! let output = dir.path().join("out.safetensors");
+//! store.get("tiny", &output, &NoProgress)?;
+//! assert_eq!(std::fs::read(&output).unwrap(), file);
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+mod error;
+mod export;
+mod import;
+mod inspect;
+mod progress;
+mod put;
+
+use std::path::Path;
+
+pub use error::{Error, ErrorKind, Result};
+pub use export::{GetReport, LoadedTensor, TensorData};
+pub use inspect::{FileInfo, KindStats, ModelInfo, ModelSummary, Stats, TensorInfo, VerifyReport};
+pub use neurstore_core::dtype::DType;
+pub use neurstore_storage::{GcReport, RecoveryReport, StorageError};
+pub use progress::{NoProgress, Progress};
+pub use put::{PutOptions, PutReport};
+
+use neurstore_storage::{Engine, EngineOptions};
+
+/// An open store.
+pub struct Store {
+    engine: Engine,
+    recovery: RecoveryReport,
+}
+
+/// How to open a store.
+#[derive(Clone, Default)]
+pub struct StoreOptions {
+    /// Take the writer lock. Readers need no lock and may run alongside one writer.
+    pub write: bool,
+    /// Close pack files past this many bytes (default 1 GiB).
+    pub max_pack_len: Option<u64>,
+}
+
+/// What `rm` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RemoveReport {
+    /// Model removed.
+    pub name: String,
+    /// Stored objects no other model used, now dead (their space returns with `gc`).
+    pub objects_freed: u64,
+}
+
+impl Store {
+    /// Creates an empty store at `root` (a new or empty directory).
+    pub fn init(root: &Path) -> Result<()> {
+        Ok(Engine::init(root)?)
+    }
+
+    /// Opens a store for reading.
+    pub fn open(root: &Path) -> Result<Store> {
+        Self::open_with(root, StoreOptions::default())
+    }
+
+    /// Opens a store for writing, taking its lock and recovering from any interrupted write.
+    pub fn open_writer(root: &Path) -> Result<Store> {
+        Self::open_with(
+            root,
+            StoreOptions {
+                write: true,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Opens a store with explicit options.
+    pub fn open_with(root: &Path, options: StoreOptions) -> Result<Store> {
+        let mut engine_options = EngineOptions {
+            write: options.write,
+            ..Default::default()
+        };
+        if let Some(len) = options.max_pack_len {
+            engine_options.max_pack_len = len;
+        }
+        let (engine, recovery) = Engine::open(root, engine_options)?;
+        Ok(Store { engine, recovery })
+    }
+
+    /// What recovery did when this store was opened for writing.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Removes model `name`. Objects other models use stay; the rest become garbage for `gc`.
+    pub fn remove(&self, name: &str) -> Result<RemoveReport> {
+        let mut freed = 0;
+        self.engine.begin_write()?.commit(|tx| {
+            freed = tx.delete_model(name)?;
+            Ok(())
+        })?;
+        Ok(RemoveReport {
+            name: name.to_string(),
+            objects_freed: freed,
+        })
+    }
+
+    /// Returns the space of removed models and interrupted writes to the file system.
+    pub fn gc(&self, progress: &dyn Progress) -> Result<GcReport> {
+        let mut reported: Option<u64> = None;
+        let report = self.engine.gc(|done, total| {
+            let last = *reported.get_or_insert_with(|| {
+                progress.start("collecting", total);
+                0
+            });
+            progress.advance(done - last);
+            reported = Some(done);
+        })?;
+        progress.finish();
+        Ok(report)
+    }
+}
+
+/// Model names: 1 to 200 characters, no control characters, no '/'.
+pub(crate) fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.chars().count() <= 200
+        && !name.chars().any(|c| c.is_control() || c == '/')
+        && name.trim() == name;
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidName(name.to_string()))
+    }
+}
