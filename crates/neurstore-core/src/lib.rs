@@ -16,5 +16,7 @@
 
 pub mod codec;
 pub mod dtype;
+pub mod hnsw;
 pub mod key;
 pub mod safetensors;
+pub mod sketch;

@@ -627,4 +627,92 @@ mod tests {
             Err(StorageError::Locked { .. })
         ));
     }
+
+    /// A backend whose files fail `sync` once `fail` is set.
+    struct FailingSync {
+        inner: FsBackend,
+        fail: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    struct FailingFile {
+        inner: Arc<dyn crate::backend::StorageFile>,
+        fail: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Backend for FailingSync {
+        fn open(
+            &self,
+            name: &str,
+            create: bool,
+        ) -> std::io::Result<Arc<dyn crate::backend::StorageFile>> {
+            let inner = self.inner.open(name, create)?;
+            Ok(Arc::new(FailingFile {
+                inner,
+                fail: self.fail.clone(),
+            }))
+        }
+        fn remove(&self, name: &str) -> std::io::Result<()> {
+            self.inner.remove(name)
+        }
+        fn list(&self) -> std::io::Result<Vec<String>> {
+            self.inner.list()
+        }
+        fn sync_dir(&self) -> std::io::Result<()> {
+            self.inner.sync_dir()
+        }
+    }
+
+    impl crate::backend::StorageFile for FailingFile {
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            self.inner.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            self.inner.write_at(buf, offset)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.inner.set_len(len)
+        }
+        fn sync(&self) -> std::io::Result<()> {
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::other("injected fsync failure"));
+            }
+            self.inner.sync()
+        }
+    }
+
+    #[test]
+    fn failed_sync_latches_until_reopen_and_publishes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("s");
+        Engine::init(&root).unwrap();
+        let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let backend: Arc<dyn Backend> = Arc::new(FailingSync {
+            inner: FsBackend::new(root.join("packs")),
+            fail: fail.clone(),
+        });
+        let options = EngineOptions {
+            write: true,
+            max_pack_len: DEFAULT_MAX_PACK_LEN,
+            backend: Some(backend),
+        };
+        let (engine, _) = Engine::open(&root, options).unwrap();
+        put(&engine, "a", &[1u8; 100]);
+        fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut s = engine.begin_write().unwrap();
+        s.append(&[2u8; 100]).unwrap();
+        let err = s.commit(|_| Ok(())).unwrap_err();
+        assert!(err.to_string().contains("injected fsync failure"), "{err}");
+        // Latched: no further writes, even once the disk is healthy again.
+        fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(matches!(engine.begin_write(), Err(StorageError::Poisoned)));
+        drop(engine);
+        let engine = writer(&root);
+        let models = engine.read(|q| q.models()).unwrap();
+        assert_eq!(models.len(), 1);
+        assert_eq!(engine.pack_file_len(1).unwrap(), 100);
+        put(&engine, "b", &[3u8; 100]);
+    }
 }

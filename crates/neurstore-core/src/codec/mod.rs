@@ -1,6 +1,8 @@
 //! Codecs: how a blob's stored bytes map to its raw bytes. Pure functions, no I/O.
 
+pub mod delta;
 pub mod grouped;
+pub mod quantized;
 
 use crate::dtype::DType;
 

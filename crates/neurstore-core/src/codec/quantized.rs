@@ -1,0 +1,427 @@
+//! Bounded (quantized) delta: every element reconstructed within an absolute tolerance.
+//!
+//! With `B̂` the base exactly as it will be reconstructed (or zero for a standalone tensor) and
+//! `step = 2·tol`, element `i` is coded as `q_i = round((T_i − B̂_i) / step)` and reconstructed as
+//! `T̂_i = dtype(B̂_i + q_i·step)` in f64 arithmetic. The encoder runs the decoder's formula on
+//! every element and keeps as an *exception* (its exact bits) any element whose reconstruction is
+//! off by more than `tol`, and any NaN or infinity, so the bound holds for every element by
+//! construction. Codes are zig-zagged, narrowed to 1, 2 or 4 bytes, and entropy coded through the
+//! byte-grouped zstd codec: fine-tune deltas are concentrated near zero.
+//!
+//! Layout (little-endian):
+//! ```text
+//! u8 version = 1 | u8 code width w (1, 2, 4) | u8 flags (bit 0: has base) | u8 0
+//! f64 step (finite, > 0) | u64 element count n | u64 exception count e (≤ n)
+//! u64 length + grouped blob of n·w code bytes
+//! u64 length + grouped blob of e u64 index gaps (first index, then differences)
+//! u64 length + grouped blob of e exact element values
+//! ```
+
+use rayon::prelude::*;
+
+use super::{CodecError, grouped};
+use crate::dtype::DType;
+
+const VERSION: u8 = 1;
+const HEADER: usize = 4 + 8 + 8 + 8;
+const BLOCK: usize = 1 << 16;
+/// Codes beyond this magnitude are stored as exceptions.
+const MAX_CODE: i64 = (1 << 30) - 1;
+
+/// The result of a bounded encoding.
+#[derive(Debug, Clone)]
+pub struct Quantized {
+    /// The encoded blob.
+    pub bytes: Vec<u8>,
+    /// Largest |original − reconstruction| over all elements (exceptions count as 0).
+    pub max_error: f64,
+    /// Elements kept exactly (NaN, infinities, or rounding past the bound).
+    pub exceptions: u64,
+}
+
+/// True for the dtypes bounded mode quantizes (others are always stored exactly).
+pub fn supports(dtype: DType) -> bool {
+    matches!(dtype, DType::F16 | DType::BF16 | DType::F32 | DType::F64)
+}
+
+/// Reads element `i` of a float tensor as f64.
+#[inline(always)]
+fn load(dtype: DType, bytes: &[u8], i: usize) -> f64 {
+    match dtype {
+        DType::F32 => f32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap()) as f64,
+        DType::F64 => f64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().unwrap()),
+        DType::F16 => half::f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f64(),
+        _ => half::bf16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f64(),
+    }
+}
+
+/// Writes `v` rounded to the dtype as element `i`.
+#[inline(always)]
+fn store(dtype: DType, out: &mut [u8], i: usize, v: f64) {
+    match dtype {
+        DType::F32 => out[4 * i..4 * i + 4].copy_from_slice(&(v as f32).to_le_bytes()),
+        DType::F64 => out[8 * i..8 * i + 8].copy_from_slice(&v.to_le_bytes()),
+        DType::F16 => out[2 * i..2 * i + 2].copy_from_slice(&half::f16::from_f64(v).to_le_bytes()),
+        _ => out[2 * i..2 * i + 2].copy_from_slice(&half::bf16::from_f64(v).to_le_bytes()),
+    }
+}
+
+/// The reconstruction formula shared by encoder check and decoder.
+#[inline(always)]
+fn reconstruct(base: f64, code: i64, step: f64) -> f64 {
+    base + code as f64 * step
+}
+
+#[inline(always)]
+fn zigzag(q: i64) -> u32 {
+    ((q << 1) ^ (q >> 63)) as u32
+}
+
+#[inline(always)]
+fn unzigzag(z: u32) -> i64 {
+    ((z >> 1) as i64) ^ -((z & 1) as i64)
+}
+
+struct BlockResult {
+    codes: Vec<u32>,
+    exceptions: Vec<u64>,
+    max_error: f64,
+}
+
+/// Encodes `target` (dtype `dtype`) against `base` (same dtype and length, the base exactly as
+/// reconstructed) or against zero, within absolute tolerance `tol`.
+pub fn encode(
+    dtype: DType,
+    target: &[u8],
+    base: Option<&[u8]>,
+    tol: f64,
+    level: i32,
+) -> Result<Quantized, CodecError> {
+    if !supports(dtype) {
+        return Err(CodecError::corrupt(format!(
+            "bounded mode does not apply to {dtype}"
+        )));
+    }
+    if !(tol.is_finite() && tol > 0.0) {
+        return Err(CodecError::corrupt(format!(
+            "tolerance must be finite and positive, got {tol}"
+        )));
+    }
+    let size = (dtype.bits() / 8) as usize;
+    if !target.len().is_multiple_of(size) || base.is_some_and(|b| b.len() != target.len()) {
+        return Err(CodecError::corrupt("target and base lengths disagree"));
+    }
+    let n = target.len() / size;
+    let step = 2.0 * tol;
+    let blocks: Vec<BlockResult> = (0..n.div_ceil(BLOCK))
+        .into_par_iter()
+        .map(|blk| {
+            let range = blk * BLOCK..((blk + 1) * BLOCK).min(n);
+            let mut r = BlockResult {
+                codes: Vec::with_capacity(range.len()),
+                exceptions: Vec::new(),
+                max_error: 0.0,
+            };
+            let mut scratch = [0u8; 8];
+            for i in range {
+                let t = load(dtype, target, i);
+                let b = base.map_or(0.0, |b| load(dtype, b, i));
+                let q = ((t - b) / step).round();
+                let mut code = 0i64;
+                let mut exact = !q.is_finite() || q.abs() > MAX_CODE as f64;
+                if !exact {
+                    code = q as i64;
+                    store(dtype, &mut scratch, 0, reconstruct(b, code, step));
+                    let err = (t - load(dtype, &scratch, 0)).abs();
+                    // NaN compares false: a NaN error is an exception too.
+                    if err <= tol {
+                        r.max_error = r.max_error.max(err);
+                    } else {
+                        exact = true;
+                    }
+                }
+                if exact {
+                    r.exceptions.push(i as u64);
+                    code = 0;
+                }
+                r.codes.push(zigzag(code));
+            }
+            r
+        })
+        .collect();
+
+    let max_error = blocks.iter().map(|b| b.max_error).fold(0.0, f64::max);
+    let max_code = blocks
+        .iter()
+        .flat_map(|b| b.codes.iter())
+        .copied()
+        .max()
+        .unwrap_or(0);
+    let w: usize = if max_code < 1 << 8 {
+        1
+    } else if max_code < 1 << 16 {
+        2
+    } else {
+        4
+    };
+    let mut code_bytes = Vec::with_capacity(n * w);
+    for c in blocks.iter().flat_map(|b| b.codes.iter()) {
+        code_bytes.extend_from_slice(&c.to_le_bytes()[..w]);
+    }
+    let exceptions: Vec<u64> = blocks
+        .iter()
+        .flat_map(|b| b.exceptions.iter().copied())
+        .collect();
+    let mut gaps = Vec::with_capacity(exceptions.len() * 8);
+    let mut values = Vec::with_capacity(exceptions.len() * size);
+    let mut prev = 0u64;
+    for &i in &exceptions {
+        gaps.extend_from_slice(&(i - prev).to_le_bytes());
+        prev = i;
+        values.extend_from_slice(&target[i as usize * size..(i as usize + 1) * size]);
+    }
+
+    let mut out = Vec::new();
+    out.extend_from_slice(&[VERSION, w as u8, base.is_some() as u8, 0]);
+    out.extend_from_slice(&step.to_le_bytes());
+    out.extend_from_slice(&(n as u64).to_le_bytes());
+    out.extend_from_slice(&(exceptions.len() as u64).to_le_bytes());
+    for (section, width) in [(code_bytes, w), (gaps, 8), (values, size)] {
+        let blob = grouped::encode(&section, width, level);
+        out.extend_from_slice(&(blob.len() as u64).to_le_bytes());
+        out.extend_from_slice(&blob);
+    }
+    Ok(Quantized {
+        bytes: out,
+        max_error,
+        exceptions: exceptions.len() as u64,
+    })
+}
+
+/// Reads the step recorded in a blob (for display and error-bound checks).
+pub fn step_of(stored: &[u8]) -> Option<f64> {
+    stored
+        .get(4..12)
+        .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+}
+
+/// Decodes `stored` into `out` (the tensor's raw length), against `base` when it was encoded
+/// with one.
+pub fn decode_into(
+    dtype: DType,
+    stored: &[u8],
+    base: Option<&[u8]>,
+    out: &mut [u8],
+) -> Result<(), CodecError> {
+    if !supports(dtype) {
+        return Err(CodecError::corrupt(format!(
+            "bounded blob for non-float dtype {dtype}"
+        )));
+    }
+    let size = (dtype.bits() / 8) as usize;
+    let header = stored
+        .get(..HEADER)
+        .ok_or_else(|| CodecError::corrupt("bounded header truncated"))?;
+    let u64_at = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().unwrap());
+    let (version, w, has_base) = (header[0], header[1] as usize, header[2]);
+    let step = f64::from_le_bytes(header[4..12].try_into().unwrap());
+    let (n, e) = (u64_at(12), u64_at(20));
+    if version != VERSION || !matches!(w, 1 | 2 | 4) || has_base > 1 || header[3] != 0 {
+        return Err(CodecError::corrupt("bad bounded header"));
+    }
+    if !(step.is_finite() && step > 0.0) {
+        return Err(CodecError::corrupt(format!("bad quantization step {step}")));
+    }
+    if n.checked_mul(size as u64) != Some(out.len() as u64) || e > n {
+        return Err(CodecError::corrupt(
+            "element or exception count disagrees with the tensor",
+        ));
+    }
+    if (has_base == 1) != base.is_some() || base.is_some_and(|b| b.len() != out.len()) {
+        return Err(CodecError::corrupt(
+            "base presence or length disagrees with the blob",
+        ));
+    }
+    let (n, e) = (n as usize, e as usize);
+    let mut rest = &stored[HEADER..];
+    let mut section = |raw_len: usize| -> Result<Vec<u8>, CodecError> {
+        let len = rest
+            .get(..8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+        let len = len
+            .filter(|&l| l <= (rest.len() - 8) as u64)
+            .ok_or_else(|| CodecError::corrupt("section runs past the blob"))?;
+        let (blob, tail) = rest[8..].split_at(len as usize);
+        rest = tail;
+        let mut buf = vec![0u8; raw_len];
+        grouped::decode_into(blob, &mut buf)?;
+        Ok(buf)
+    };
+    let codes = section(n * w)?;
+    let gaps = section(e * 8)?;
+    let values = section(e * size)?;
+    if !rest.is_empty() {
+        return Err(CodecError::corrupt(
+            "trailing bytes after the bounded sections",
+        ));
+    }
+    out.par_chunks_mut(BLOCK * size)
+        .enumerate()
+        .for_each(|(blk, dst)| {
+            let first = blk * BLOCK;
+            for j in 0..dst.len() / size {
+                let i = first + j;
+                let mut z = [0u8; 4];
+                z[..w].copy_from_slice(&codes[i * w..(i + 1) * w]);
+                let b = base.map_or(0.0, |b| load(dtype, b, i));
+                store(
+                    dtype,
+                    dst,
+                    j,
+                    reconstruct(b, unzigzag(u32::from_le_bytes(z)), step),
+                );
+            }
+        });
+    let mut index = 0u64;
+    for (k, gap) in gaps.chunks_exact(8).enumerate() {
+        index = index
+            .checked_add(u64::from_le_bytes(gap.try_into().unwrap()))
+            .filter(|&i| i < n as u64 && (k == 0 || gap != [0; 8]))
+            .ok_or_else(|| CodecError::corrupt("exception index out of range or repeated"))?;
+        let i = index as usize;
+        out[i * size..(i + 1) * size].copy_from_slice(&values[k * size..(k + 1) * size]);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn f32s(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    fn max_abs_error(dtype: DType, a: &[u8], b: &[u8]) -> f64 {
+        let size = (dtype.bits() / 8) as usize;
+        (0..a.len() / size)
+            .map(|i| {
+                let (x, y) = (load(dtype, a, i), load(dtype, b, i));
+                if x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()) {
+                    0.0
+                } else {
+                    (x - y).abs()
+                }
+            })
+            .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn fine_tune_delta_within_bound_and_small() {
+        let base: Vec<f32> = (0..100_000)
+            .map(|i| ((i as f32) * 0.37).sin() * 0.06)
+            .collect();
+        let target: Vec<f32> = base
+            .iter()
+            .enumerate()
+            .map(|(i, x)| x + ((i as f32) * 0.71).cos() * 7e-4)
+            .collect();
+        let (b, t) = (f32s(&base), f32s(&target));
+        let tol = 1e-4;
+        let q = encode(DType::F32, &t, Some(&b), tol, 3).unwrap();
+        let mut out = vec![0u8; t.len()];
+        decode_into(DType::F32, &q.bytes, Some(&b), &mut out).unwrap();
+        assert!(max_abs_error(DType::F32, &t, &out) <= tol);
+        assert!(q.max_error <= tol);
+        // ~3-4 bits per element instead of 32.
+        assert!(
+            q.bytes.len() * 6 < t.len(),
+            "{} bytes for {}",
+            q.bytes.len(),
+            t.len()
+        );
+    }
+
+    #[test]
+    fn specials_are_exact_and_standalone_works() {
+        let t = f32s(&[
+            f32::NAN,
+            f32::INFINITY,
+            -0.0,
+            1e-40,
+            3.5,
+            f32::NEG_INFINITY,
+            1e30,
+        ]);
+        for dtype_base in [
+            None,
+            Some(f32s(&[0.0, 1.0, f32::NAN, 0.0, 3.0, 2.0, -1e30])),
+        ] {
+            let q = encode(DType::F32, &t, dtype_base.as_deref(), 1e-3, 3).unwrap();
+            let mut out = vec![0u8; t.len()];
+            decode_into(DType::F32, &q.bytes, dtype_base.as_deref(), &mut out).unwrap();
+            assert!(max_abs_error(DType::F32, &t, &out) <= 1e-3);
+            assert!(f32::from_le_bytes(out[..4].try_into().unwrap()).is_nan());
+            assert_eq!(&out[4..8], &t[4..8]);
+        }
+    }
+
+    #[test]
+    fn half_types_within_bound() {
+        for dtype in [DType::F16, DType::BF16] {
+            let vals: Vec<u8> = (0..5000)
+                .flat_map(|i| {
+                    let v = ((i as f64) * 0.013).sin() * 0.5;
+                    if dtype == DType::F16 {
+                        half::f16::from_f64(v).to_le_bytes()
+                    } else {
+                        half::bf16::from_f64(v).to_le_bytes()
+                    }
+                })
+                .collect();
+            let q = encode(dtype, &vals, None, 1e-3, 3).unwrap();
+            let mut out = vec![0u8; vals.len()];
+            decode_into(dtype, &q.bytes, None, &mut out).unwrap();
+            assert!(max_abs_error(dtype, &vals, &out) <= 1e-3, "{dtype}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_blobs() {
+        let t = f32s(&[1.0, 2.0, 3.0]);
+        let q = encode(DType::F32, &t, None, 0.01, 3).unwrap();
+        let mut out = vec![0u8; t.len()];
+        assert!(decode_into(DType::F32, &q.bytes, Some(&t), &mut out).is_err());
+        let mut bad = q.bytes.clone();
+        bad[4..12].copy_from_slice(&f64::NAN.to_le_bytes());
+        assert!(decode_into(DType::F32, &bad, None, &mut out).is_err());
+        let mut bad = q.bytes.clone();
+        bad[12..20].copy_from_slice(&(1u64 << 62).to_le_bytes());
+        assert!(decode_into(DType::F32, &bad, None, &mut out).is_err());
+        assert!(decode_into(DType::F32, &q.bytes[..q.bytes.len() - 1], None, &mut out).is_err());
+        assert!(encode(DType::I32, &t, None, 0.01, 3).is_err());
+        assert!(encode(DType::F32, &t, None, 0.0, 3).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn any_f32_bits_within_bound(bits in proptest::collection::vec(any::<u32>(), 1..400),
+                                     base_bits in proptest::collection::vec(any::<u32>(), 400),
+                                     tol_exp in -8i32..2) {
+            let t: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+            let b: Vec<u8> = base_bits[..bits.len()].iter().flat_map(|b| b.to_le_bytes()).collect();
+            let tol = 10f64.powi(tol_exp);
+            let q = encode(DType::F32, &t, Some(&b), tol, 1).unwrap();
+            let mut out = vec![0u8; t.len()];
+            decode_into(DType::F32, &q.bytes, Some(&b), &mut out).unwrap();
+            prop_assert!(max_abs_error(DType::F32, &t, &out) <= tol);
+        }
+
+        #[test]
+        fn decoder_is_total(stored in proptest::collection::vec(any::<u8>(), 0..120), n in 0usize..64) {
+            let mut out = vec![0u8; n * 4];
+            let _ = decode_into(DType::F32, &stored, None, &mut out);
+        }
+    }
+}
