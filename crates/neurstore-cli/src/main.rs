@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use neurstore::{PutOptions, Store};
+use neurstore::{BaseChoice, Mode, PutOptions, Store};
 
 use crate::output::{Bar, Printer};
 
@@ -42,6 +42,25 @@ enum Command {
         /// Metadata to record, as KEY=VALUE (repeatable).
         #[arg(long = "meta", value_name = "KEY=VALUE")]
         meta: Vec<String>,
+        /// Keep every tensor bit-exact (the default).
+        #[arg(long, conflicts_with_all = ["tolerance", "rel_tolerance"])]
+        lossless: bool,
+        /// Keep every float element within this absolute error (e.g. 1e-4).
+        #[arg(long, value_name = "X", conflicts_with = "rel_tolerance")]
+        tolerance: Option<f64>,
+        /// Keep every float element within this fraction of its tensor's RMS (e.g. 1e-3).
+        #[arg(long, value_name = "X")]
+        rel_tolerance: Option<f64>,
+        /// Where delta bases come from: `auto` (similarity search), `none`, or a model NAME whose
+        /// tensors are paired by name first.
+        #[arg(long, value_name = "NAME|auto|none", default_value = "auto")]
+        base: String,
+        /// Longest chain of deltas a tensor may end.
+        #[arg(long, value_name = "N", default_value_t = 2)]
+        max_chain_depth: u32,
+        /// Report ratio, bits per weight and max error per tensor without writing anything.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Write model NAME back out: a safetensors file, or a directory for directory models.
     Get {
@@ -109,8 +128,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Store::init(&root)?;
             out.init(&root);
         }
-        Command::Put { name, path, meta } => {
-            let mut options = PutOptions::default();
+        Command::Put {
+            name,
+            path,
+            meta,
+            lossless: _,
+            tolerance,
+            rel_tolerance,
+            base,
+            max_chain_depth,
+            dry_run,
+        } => {
+            let mut options = PutOptions {
+                mode: match (tolerance, rel_tolerance) {
+                    (Some(t), _) => Mode::Absolute(t),
+                    (None, Some(r)) => Mode::Relative(r),
+                    (None, None) => Mode::Lossless,
+                },
+                base: match base.as_str() {
+                    "auto" => BaseChoice::Auto,
+                    "none" => BaseChoice::None,
+                    model => BaseChoice::Model(model.to_string()),
+                },
+                max_chain_depth,
+                dry_run,
+                ..PutOptions::default()
+            };
             for kv in meta {
                 let Some((k, v)) = kv.split_once('=') else {
                     bail!("--meta takes KEY=VALUE, got {kv:?}");
@@ -119,7 +162,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .metadata
                     .insert(k.to_string(), serde_json::Value::String(v.to_string()));
             }
-            let store = Store::open_writer(&root)?;
+            let store = if dry_run {
+                Store::open(&root)?
+            } else {
+                Store::open_writer(&root)?
+            };
             let report = store.put(&name, &path, &options, &bar)?;
             out.put(&report);
         }

@@ -9,6 +9,16 @@ use neurstore::{
 };
 use serde::Serialize;
 
+/// `println!` that ends the process quietly when stdout is closed (e.g. piped into `head`).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 /// Prints command results as text or JSON.
 pub struct Printer {
     pub json: bool,
@@ -17,7 +27,7 @@ pub struct Printer {
 impl Printer {
     fn emit<T: Serialize>(&self, value: &T, text: impl FnOnce()) {
         if self.json {
-            println!(
+            say!(
                 "{}",
                 serde_json::to_string_pretty(value).expect("serializable")
             );
@@ -28,28 +38,52 @@ impl Printer {
 
     pub fn init(&self, root: &Path) {
         self.emit(&serde_json::json!({ "store": root }), || {
-            println!("created an empty store at {}", root.display())
+            say!("created an empty store at {}", root.display())
         });
     }
 
     pub fn put(&self, r: &PutReport) {
         self.emit(r, || {
-            println!(
-                "stored {:?}: {} tensors in {} files, {} raw; {} new objects ({} written), {} already stored",
+            if r.dry_run {
+                let width = r.tensor_reports.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+                say!("  {:<width$}  {:<6} {:<10} {:>10} {:>10} {:>6} {:>10}  BASE", "NAME", "DTYPE", "CODEC", "RAW", "STORED", "BITS", "MAX ERR");
+                for t in &r.tensor_reports {
+                    let codec = if t.deduplicated { "duplicate" } else { t.codec };
+                    say!(
+                        "  {:<width$}  {:<6} {:<10} {:>10} {:>10} {:>6.2} {:>10.3e}  {}",
+                        t.name,
+                        t.dtype,
+                        codec,
+                        bytes(t.raw_bytes),
+                        bytes(t.stored_bytes),
+                        t.bits_per_element,
+                        t.max_error,
+                        t.base.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            let verb = if r.dry_run { "would store" } else { "stored" };
+            say!(
+                "{verb} {:?} ({}): {} tensors in {} files, {} raw -> {} new ({:.2}x); {} new objects, {} deltas, {} already stored; max error {:.3e}{}",
                 r.name,
+                r.mode,
                 r.tensors,
                 r.files,
                 bytes(r.raw_bytes),
-                r.new_objects,
                 bytes(r.stored_bytes_added),
-                r.deduplicated_objects
+                r.ratio,
+                r.new_objects,
+                r.delta_tensors,
+                r.deduplicated_objects,
+                r.max_error,
+                r.base_model.as_ref().map(|b| format!("; base model {b:?}")).unwrap_or_default()
             )
         });
     }
 
     pub fn get(&self, r: &GetReport) {
         self.emit(r, || {
-            println!(
+            say!(
                 "wrote {:?} to {} ({} files, {})",
                 r.name,
                 r.path.display(),
@@ -62,7 +96,7 @@ impl Printer {
     pub fn ls(&self, models: &[ModelSummary]) {
         self.emit(&models, || {
             if models.is_empty() {
-                println!("the store holds no models; add one with `neurstore put NAME PATH`");
+                say!("the store holds no models; add one with `neurstore put NAME PATH`");
                 return;
             }
             let width = models
@@ -71,12 +105,14 @@ impl Printer {
                 .max()
                 .unwrap_or(4)
                 .max(4);
-            println!(
+            say!(
                 "{:<width$}  {:<11}  {:>10}  created (unix)",
-                "NAME", "FORMAT", "RAW"
+                "NAME",
+                "FORMAT",
+                "RAW"
             );
             for m in models {
-                println!(
+                say!(
                     "{:<width$}  {:<11}  {:>10}  {}",
                     m.name,
                     m.source_format,
@@ -89,19 +125,23 @@ impl Printer {
 
     pub fn info(&self, m: &ModelInfo) {
         self.emit(m, || {
-            println!("model        {}", m.name);
-            println!("format       {}", m.source_format);
-            println!("created      {} (unix)", m.created_unix);
-            println!("metadata     {}", m.metadata);
-            println!("raw          {}", bytes(m.raw_bytes));
-            println!(
+            say!("model        {}", m.name);
+            say!("format       {}", m.source_format);
+            say!("mode         {}", m.mode);
+            if let Some(b) = &m.base_model {
+                say!("base model   {b}");
+            }
+            say!("created      {} (unix)", m.created_unix);
+            say!("metadata     {}", m.metadata);
+            say!("raw          {}", bytes(m.raw_bytes));
+            say!(
                 "stored       {} ({} used by this model alone)",
                 bytes(m.stored_bytes),
                 bytes(m.exclusive_bytes)
             );
-            println!("files        {}", m.files.len());
+            say!("files        {}", m.files.len());
             for f in &m.files {
-                println!(
+                say!(
                     "  {:<40} {:<11} {:>10} -> {:>10}",
                     f.path,
                     f.kind,
@@ -109,7 +149,7 @@ impl Printer {
                     bytes(f.stored_bytes)
                 );
             }
-            println!("tensors      {}", m.tensors.len());
+            say!("tensors      {}", m.tensors.len());
             let width = m
                 .tensors
                 .iter()
@@ -117,14 +157,22 @@ impl Printer {
                 .max()
                 .unwrap_or(4)
                 .max(4);
-            println!(
-                "  {:<width$}  {:<6} {:<16} {:<12} {:>10} {:>10} {:>6}  SHARED",
-                "NAME", "DTYPE", "SHAPE", "CODEC", "RAW", "STORED", "BITS"
+            say!(
+                "  {:<width$}  {:<6} {:<16} {:<12} {:>10} {:>10} {:>6} {:>10}  {:<6}  BASE",
+                "NAME",
+                "DTYPE",
+                "SHAPE",
+                "CODEC",
+                "RAW",
+                "STORED",
+                "BITS",
+                "MAX ERR",
+                "SHARED"
             );
             for t in &m.tensors {
                 let shape = format!("{:?}", t.shape);
-                println!(
-                    "  {:<width$}  {:<6} {:<16} {:<12} {:>10} {:>10} {:>6.2}  {}",
+                say!(
+                    "  {:<width$}  {:<6} {:<16} {:<12} {:>10} {:>10} {:>6.2} {:>10.3e}  {:<6}  {}",
                     t.name,
                     t.dtype,
                     shape,
@@ -132,7 +180,9 @@ impl Printer {
                     bytes(t.raw_bytes),
                     bytes(t.stored_bytes),
                     t.bits_per_element,
-                    if t.shared { "yes" } else { "" }
+                    t.max_error,
+                    if t.shared { "yes" } else { "" },
+                    t.base.as_deref().unwrap_or("")
                 );
             }
         });
@@ -140,7 +190,7 @@ impl Printer {
 
     pub fn rm(&self, r: &RemoveReport) {
         self.emit(r, || {
-            println!("removed {:?}; {} objects no longer used (run `neurstore gc` to reclaim their space)", r.name, r.objects_freed)
+            say!("removed {:?}; {} objects no longer used (run `neurstore gc` to reclaim their space)", r.name, r.objects_freed)
         });
     }
 
@@ -156,7 +206,7 @@ impl Printer {
             "recovered_partial_bytes": r.recovery.truncated_bytes + r.recovery.orphan_bytes,
         });
         self.emit(&value, || {
-            println!(
+            say!(
                 "reclaimed {} (pack files {} -> {}; {} packs rewritten, {} removed, {} moved; {} of interrupted writes)",
                 bytes(r.pack_bytes_before.saturating_sub(r.pack_bytes_after) + r.recovery.truncated_bytes + r.recovery.orphan_bytes),
                 bytes(r.pack_bytes_before),
@@ -172,14 +222,14 @@ impl Printer {
     pub fn verify(&self, r: &VerifyReport) {
         self.emit(r, || {
             for p in &r.problems {
-                println!("problem: {p}");
+                say!("problem: {p}");
             }
             let verdict = if r.problems.is_empty() {
                 "OK".to_string()
             } else {
                 format!("{} problems", r.problems.len())
             };
-            println!(
+            say!(
                 "verified {} models, {} objects, {}: {verdict}",
                 r.models,
                 r.objects,
@@ -190,31 +240,32 @@ impl Printer {
 
     pub fn stats(&self, s: &Stats) {
         self.emit(s, || {
-            println!("models          {}", s.models);
-            println!(
+            say!("models          {}", s.models);
+            say!(
                 "tensors         {} ({} unique)",
-                s.tensors, s.unique_tensors
+                s.tensors,
+                s.unique_tensors
             );
-            println!("raw bytes       {}", bytes(s.raw_bytes));
-            println!(
+            say!("raw bytes       {}", bytes(s.raw_bytes));
+            say!(
                 "stored bytes    {} (packs {}, catalog {})",
                 bytes(s.stored_bytes),
                 bytes(s.pack_bytes),
                 bytes(s.catalog_bytes)
             );
-            println!("ratio           {:.3}x", s.ratio);
-            println!(
+            say!("ratio           {:.3}x", s.ratio);
+            say!(
                 "reclaimable     {} (run `neurstore gc`)",
                 bytes(s.reclaimable_bytes)
             );
-            println!("by kind/codec:");
+            say!("by kind/codec:");
             for (k, v) in &s.by_kind {
                 let ratio = if v.stored_bytes == 0 {
                     0.0
                 } else {
                     v.raw_bytes as f64 / v.stored_bytes as f64
                 };
-                println!(
+                say!(
                     "  {:<22} {:>7} objects {:>10} -> {:>10} ({ratio:.3}x)",
                     k,
                     v.objects,

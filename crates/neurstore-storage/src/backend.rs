@@ -16,6 +16,8 @@ pub trait Backend: Send + Sync {
     fn open(&self, name: &str, create: bool) -> io::Result<Arc<dyn StorageFile>>;
     /// Removes `name`.
     fn remove(&self, name: &str) -> io::Result<()>;
+    /// Renames `from` to `to`, replacing `to` atomically.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
     /// Lists the names present.
     fn list(&self) -> io::Result<Vec<String>>;
     /// Makes creations and removals durable.
@@ -80,6 +82,10 @@ impl Backend for FsBackend {
 
     fn remove(&self, name: &str) -> io::Result<()> {
         fs::remove_file(self.dir.join(name))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        fs::rename(self.dir.join(from), self.dir.join(to))
     }
 
     fn list(&self) -> io::Result<Vec<String>> {

@@ -28,7 +28,7 @@ pub enum ObjectKind {
 }
 
 /// A stored, content-addressed object and where its blob lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ObjectRow {
     /// Row id.
     pub id: i64,
@@ -46,8 +46,18 @@ pub struct ObjectRow {
     pub location: BlobLocation,
     /// BLAKE3 of the stored bytes.
     pub checksum: Digest,
-    /// Number of references from model files and tensors.
+    /// References: model files and tensors naming it, plus objects using it as their base.
     pub refcount: i64,
+    /// The object this one is a delta against.
+    pub base: Option<i64>,
+    /// Number of bases below this object (0 for a standalone object).
+    pub chain_depth: u32,
+    /// The absolute error bound it was stored under (`None`: lossless).
+    pub tolerance: Option<f64>,
+    /// Largest absolute error of any element measured at encode time (0 when lossless).
+    pub max_error: f64,
+    /// Tensor or file key of the decoded bytes (equal to `key` when lossless).
+    pub decoded_key: Digest,
 }
 
 /// An object to insert: everything but the id and refcount.
@@ -67,6 +77,18 @@ pub struct NewObject {
     pub location: BlobLocation,
     /// Checksum of the stored bytes.
     pub checksum: Digest,
+    /// Base object (for delta codecs).
+    pub base: Option<i64>,
+    /// Depth of the chain below it.
+    pub chain_depth: u32,
+    /// Error bound it was stored under (`None`: lossless).
+    pub tolerance: Option<f64>,
+    /// Largest error measured.
+    pub max_error: f64,
+    /// Key of the decoded bytes.
+    pub decoded_key: Digest,
+    /// Similarity sketch, for objects that may serve as bases.
+    pub sketch: Option<Vec<f32>>,
 }
 
 /// A model row.
@@ -84,6 +106,10 @@ pub struct ModelRow {
     pub metadata: String,
     /// Tensor bytes as imported.
     pub raw_bytes: u64,
+    /// Lineage: the model most of its deltas were taken against.
+    pub base_model: Option<String>,
+    /// "lossless" or a bound such as "abs:0.0001" / "rel:0.001".
+    pub mode: String,
 }
 
 /// How a model file is stored.
@@ -119,13 +145,19 @@ pub struct TensorRow {
     pub object: ObjectRow,
 }
 
+/// A recorded sketch: (object id, dtype, element count, sketch values).
+pub type SketchRow = (i64, DType, u64, Vec<f32>);
+
 /// The catalog database.
 pub struct Catalog {
     conn: Connection,
 }
 
 const OBJECT_COLUMNS: &str = "o.object_id, o.content_key, o.kind, o.dtype, o.shape, o.raw_len, o.codec, \
-     o.pack_id, o.offset, o.stored_len, o.checksum, o.refcount";
+     o.pack_id, o.offset, o.stored_len, o.checksum, o.refcount, o.base_id, o.chain_depth, o.tolerance, \
+     o.max_error, o.decoded_key";
+const MODEL_COLUMNS: &str =
+    "model_id, name, created_unix, source_format, metadata, raw_bytes, base_model, mode";
 
 impl Catalog {
     /// Opens (or, with `create`, creates) the catalog at `path` and migrates it.
@@ -178,7 +210,7 @@ pub trait Queries {
     fn model(&self, name: &str) -> Result<Option<ModelRow>> {
         self.conn()
             .query_row(
-                "SELECT model_id, name, created_unix, source_format, metadata, raw_bytes FROM models WHERE name = ?1",
+                &format!("SELECT {MODEL_COLUMNS} FROM models WHERE name = ?1"),
                 [name],
                 model_row,
             )
@@ -188,9 +220,9 @@ pub trait Queries {
 
     /// All models, by name.
     fn models(&self) -> Result<Vec<ModelRow>> {
-        let mut stmt = self.conn().prepare(
-            "SELECT model_id, name, created_unix, source_format, metadata, raw_bytes FROM models ORDER BY name",
-        )?;
+        let mut stmt = self
+            .conn()
+            .prepare(&format!("SELECT {MODEL_COLUMNS} FROM models ORDER BY name"))?;
         let rows = stmt
             .query_map([], model_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -266,6 +298,78 @@ pub trait Queries {
             out.push(object_row(r, 0)?);
         }
         Ok(out)
+    }
+
+    /// An object by id.
+    fn object(&self, id: i64) -> Result<Option<ObjectRow>> {
+        let sql = format!("SELECT {OBJECT_COLUMNS} FROM objects o WHERE o.object_id = ?1");
+        let mut stmt = self.conn().prepare_cached(&sql)?;
+        let mut rows = stmt.query([id])?;
+        match rows.next()? {
+            Some(r) => Ok(Some(object_row(r, 0)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Number of sketches.
+    fn sketch_count(&self) -> Result<u64> {
+        Ok(self
+            .conn()
+            .query_row("SELECT count(*) FROM sketches", [], |r| r.get::<_, i64>(0))?
+            as u64)
+    }
+
+    /// Sketches of objects with ids above `after`, by object id: (id, dtype, elements, sketch).
+    fn sketches_after(&self, after: i64) -> Result<Vec<SketchRow>> {
+        let mut stmt = self.conn().prepare(
+            "SELECT object_id, dtype, elements, sketch FROM sketches WHERE object_id > ?1 ORDER BY object_id",
+        )?;
+        let mut rows = stmt.query([after])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let id: i64 = r.get(0)?;
+            let bad =
+                |d: &str| StorageError::corrupt(format!("sketch of object {id}"), d.to_string());
+            let dtype: DType = r
+                .get::<_, String>(1)?
+                .parse()
+                .map_err(|_| bad("unknown dtype"))?;
+            let elements =
+                u64::try_from(r.get::<_, i64>(2)?).map_err(|_| bad("negative element count"))?;
+            let sketch = neurstore_core::sketch::from_bytes(&r.get::<_, Vec<u8>>(3)?)
+                .ok_or_else(|| bad("malformed"))?;
+            out.push((id, dtype, elements, sketch));
+        }
+        Ok(out)
+    }
+
+    /// Counter bumped by every change to the set of sketches (the index file records it).
+    fn index_generation(&self) -> Result<u64> {
+        let v: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT value FROM store_meta WHERE key = 'index_generation'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        v.map_or(Ok(0), |v| {
+            v.parse()
+                .map_err(|_| StorageError::corrupt("store_meta", "index_generation"))
+        })
+    }
+
+    /// One (model, tensor name) that uses an object, for display.
+    fn first_user(&self, object_id: i64) -> Result<Option<(String, String)>> {
+        self.conn()
+            .query_row(
+                "SELECT m.name, t.name FROM model_tensors t JOIN models m USING (model_id) \
+                 WHERE t.object_id = ?1 ORDER BY m.model_id, t.path, t.position LIMIT 1",
+                [object_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(Into::into)
     }
 
     /// Every pack: (id, committed length).
@@ -368,8 +472,9 @@ impl WriteTxn<'_> {
         let shape = matches!(o.kind, ObjectKind::Tensor { .. })
             .then(|| serde_json::to_string(&o.shape).expect("shape serializes"));
         let mut stmt = self.tx.prepare_cached(
-            "INSERT INTO objects (content_key, kind, dtype, shape, raw_len, codec, pack_id, offset, stored_len, checksum, refcount) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0)",
+            "INSERT INTO objects (content_key, kind, dtype, shape, raw_len, codec, pack_id, offset, stored_len, \
+             checksum, refcount, base_id, chain_depth, tolerance, max_error, decoded_key) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?12, ?13, ?14, ?15)",
         )?;
         stmt.execute(params![
             &o.key[..],
@@ -382,8 +487,39 @@ impl WriteTxn<'_> {
             o.location.offset as i64,
             o.location.len as i64,
             &o.checksum[..],
+            o.base,
+            o.chain_depth as i64,
+            o.tolerance,
+            o.max_error,
+            &o.decoded_key[..],
         ])?;
-        Ok(self.tx.last_insert_rowid())
+        let id = self.tx.last_insert_rowid();
+        if let Some(base) = o.base {
+            self.add_ref(base, 1)?;
+        }
+        if let (Some(sketch), ObjectKind::Tensor { dtype }) = (&o.sketch, o.kind) {
+            let elements = element_count(&o.shape).unwrap_or(0);
+            self.tx.execute(
+                "INSERT INTO sketches (object_id, dtype, elements, sketch) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    id,
+                    dtype.as_str(),
+                    elements as i64,
+                    neurstore_core::sketch::to_bytes(sketch)
+                ],
+            )?;
+            self.bump_index_generation()?;
+        }
+        Ok(id)
+    }
+
+    fn bump_index_generation(&self) -> Result<()> {
+        self.tx.execute(
+            "INSERT INTO store_meta (key, value) VALUES ('index_generation', '1') \
+             ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
+            [],
+        )?;
+        Ok(())
     }
 
     /// Moves an object's blob (garbage collection).
@@ -401,8 +537,9 @@ impl WriteTxn<'_> {
             return Err(StorageError::ModelExists(m.name.clone()));
         }
         self.tx.execute(
-            "INSERT INTO models (name, created_unix, source_format, metadata, raw_bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![m.name, m.created_unix, m.source_format, m.metadata, m.raw_bytes as i64],
+            "INSERT INTO models (name, created_unix, source_format, metadata, raw_bytes, base_model, mode) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![m.name, m.created_unix, m.source_format, m.metadata, m.raw_bytes as i64, m.base_model, m.mode],
         )?;
         Ok(self.tx.last_insert_rowid())
     }
@@ -472,10 +609,36 @@ impl WriteTxn<'_> {
         }
         self.tx
             .execute("DELETE FROM models WHERE model_id = ?1", [model.id])?;
-        let deleted = self
-            .tx
-            .execute("DELETE FROM objects WHERE refcount = 0", [])?;
-        Ok(deleted as u64)
+        // Deleting an object drops a reference to its base, which may free the base in turn.
+        let mut deleted = 0;
+        loop {
+            let dead: Vec<(i64, Option<i64>)> = {
+                let mut stmt = self
+                    .tx
+                    .prepare("SELECT object_id, base_id FROM objects WHERE refcount = 0")?;
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?
+            };
+            if dead.is_empty() {
+                break;
+            }
+            for (id, base) in &dead {
+                if self
+                    .tx
+                    .execute("DELETE FROM sketches WHERE object_id = ?1", [id])?
+                    > 0
+                {
+                    self.bump_index_generation()?;
+                }
+                self.tx
+                    .execute("DELETE FROM objects WHERE object_id = ?1", [id])?;
+                if let Some(base) = base {
+                    self.add_ref(*base, -1)?;
+                }
+            }
+            deleted += dead.len() as u64;
+        }
+        Ok(deleted)
     }
 }
 
@@ -487,6 +650,8 @@ fn model_row(r: &Row) -> rusqlite::Result<ModelRow> {
         source_format: r.get(3)?,
         metadata: r.get(4)?,
         raw_bytes: r.get::<_, i64>(5)? as u64,
+        base_model: r.get(6)?,
+        mode: r.get(7)?,
     })
 }
 
@@ -515,6 +680,36 @@ fn object_row(r: &Row, at: usize) -> Result<ObjectRow> {
     };
     let checksum = digest(r.get(at + 10)?, "checksum")?;
     let refcount: i64 = r.get(at + 11)?;
+    let base: Option<i64> = r.get(at + 12)?;
+    let chain_depth =
+        u32::try_from(r.get::<_, i64>(at + 13)?).map_err(|_| bad("bad chain depth".into()))?;
+    let tolerance: Option<f64> = r.get(at + 14)?;
+    let max_error: f64 = r.get(at + 15)?;
+    let decoded_key = digest(r.get(at + 16)?, "decoded key")?;
+    let needs_base = codec == Codec::Delta;
+    let may_have_base = matches!(codec, Codec::Delta | Codec::Quantized);
+    if (needs_base && base.is_none())
+        || (!may_have_base && base.is_some())
+        || (base.is_some() != (chain_depth > 0))
+    {
+        return Err(bad(format!(
+            "{} codec with base {base:?} at chain depth {chain_depth}",
+            codec.name()
+        )));
+    }
+    if base == Some(id) {
+        return Err(bad("object is its own base".into()));
+    }
+    let lossy = codec == Codec::Quantized;
+    let bound_ok = match tolerance {
+        Some(t) => lossy && t.is_finite() && t > 0.0 && max_error.is_finite() && max_error <= t,
+        None => !lossy && max_error == 0.0,
+    };
+    if !bound_ok {
+        return Err(bad(format!(
+            "tolerance {tolerance:?} and max error {max_error} disagree with the codec"
+        )));
+    }
     if !location.offset.is_multiple_of(BLOB_ALIGN) {
         return Err(bad(format!(
             "offset {} is not {BLOB_ALIGN}-aligned",
@@ -553,5 +748,10 @@ fn object_row(r: &Row, at: usize) -> Result<ObjectRow> {
         location,
         checksum,
         refcount,
+        base,
+        chain_depth,
+        tolerance,
+        max_error,
+        decoded_key,
     })
 }

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::backend::{Backend, FsBackend};
 use crate::catalog::{Catalog, ObjectRow, Queries, ReadTxn, WriteTxn};
 use crate::error::{Result, StorageError};
+use crate::index::TensorIndex;
 use crate::lock::WriterLock;
 use crate::pack::{
     BlobBytes, BlobLocation, PackAppender, PackReader, align_up, pack_file_name, pack_id_from_name,
@@ -96,8 +97,11 @@ pub struct Engine {
     backend: Arc<dyn Backend>,
     reader: PackReader,
     writer: Option<Mutex<WriterState>>,
+    index: Mutex<Option<TensorIndex>>,
+    index_rebuilds: std::sync::atomic::AtomicU64,
 }
 
+const INDEX_FILE: &str = "index.hnsw";
 const CATALOG_FILE: &str = "catalog.db";
 const PACK_DIR: &str = "packs";
 
@@ -147,6 +151,8 @@ impl Engine {
             catalog: Mutex::new(catalog),
             reader: PackReader::new(backend.clone()),
             backend,
+            index: Mutex::new(None),
+            index_rebuilds: std::sync::atomic::AtomicU64::new(0),
             writer: lock.map(|l| {
                 Mutex::new(WriterState {
                     _lock: l,
@@ -206,6 +212,74 @@ impl Engine {
             pack_bytes,
             catalog_bytes: Catalog::file_bytes(&self.root.join(CATALOG_FILE)),
         })
+    }
+
+    /// Runs `f` with the similarity index brought up to date with the catalog: loaded from its
+    /// file, extended with objects added since, or rebuilt from the catalog's sketches when the
+    /// file is missing, damaged or stale. A writer persists the result.
+    pub fn with_index<T>(&self, f: impl FnOnce(&TensorIndex) -> T) -> Result<T> {
+        let mut slot = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = self.read(|q| q.index_generation())?;
+        let current = slot.as_ref().is_some_and(|i| i.generation() == generation);
+        if !current {
+            let mut candidate = slot.take().or_else(|| self.load_index_file());
+            let mut changed = false;
+            if let Some(idx) = candidate.as_mut().filter(|i| i.generation() != generation) {
+                // Only additions since? Then extend; otherwise rebuild.
+                let (added, total) =
+                    self.read(|q| Ok((q.sketches_after(idx.last_id())?, q.sketch_count()?)))?;
+                if idx.len() + added.len() == total as usize {
+                    for (id, dtype, elements, sketch) in &added {
+                        idx.insert(*id, *dtype, *elements, sketch);
+                    }
+                    idx.set_generation(generation);
+                    changed = true;
+                } else {
+                    candidate = None;
+                }
+            }
+            let index = match candidate {
+                Some(idx) => idx,
+                None => {
+                    self.index_rebuilds
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    changed = true;
+                    TensorIndex::build(generation, &self.read(|q| q.sketches_after(0))?)
+                }
+            };
+            if changed && self.writer.is_some() {
+                self.persist_index(&index)?;
+            }
+            *slot = Some(index);
+        }
+        Ok(f(slot.as_ref().expect("set above")))
+    }
+
+    /// How many times the index was rebuilt from the catalog since the store was opened.
+    pub fn index_rebuilds(&self) -> u64 {
+        self.index_rebuilds
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn load_index_file(&self) -> Option<TensorIndex> {
+        let file = self.backend.open(INDEX_FILE, false).ok()?;
+        let len = usize::try_from(file.len().ok()?).ok()?;
+        let mut bytes = vec![0u8; len];
+        file.read_at(&mut bytes, 0).ok()?;
+        TensorIndex::decode(&bytes).ok()
+    }
+
+    /// Writes the index beside the packs: a temporary file renamed over the old one. The index
+    /// is derived data, so it is not synced: a torn file fails its checksum and is rebuilt.
+    fn persist_index(&self, index: &TensorIndex) -> Result<()> {
+        let tmp = format!("{INDEX_FILE}.tmp");
+        let io = |e| StorageError::io("writing the similarity index", e);
+        let bytes = index.encode();
+        let file = self.backend.open(&tmp, true).map_err(io)?;
+        file.set_len(0).map_err(io)?;
+        file.write_at(&bytes, 0).map_err(io)?;
+        drop(file);
+        self.backend.rename(&tmp, INDEX_FILE).map_err(io)
     }
 
     /// Length of a pack file on disk.
@@ -449,7 +523,8 @@ impl WriteSession<'_> {
             .unwrap_or_else(|e| e.into_inner());
         let tx = catalog.write()?;
         for appender in self.sealed.iter().chain(&self.current) {
-            if appender.pending() > 0 {
+            // A new pack holding only empty blobs still needs its row: objects reference it.
+            if appender.pending() > 0 || appender.end() == 0 {
                 tx.set_pack_len(appender.pack_id(), appender.end())?;
             }
         }
@@ -503,6 +578,12 @@ mod tests {
             codec: Codec::Raw,
             location,
             checksum: checksum(content),
+            base: None,
+            chain_depth: 0,
+            tolerance: None,
+            max_error: 0.0,
+            decoded_key: file_key(content),
+            sketch: None,
         };
         s.commit(|tx| {
             let id = tx.insert_object(&object)?;
@@ -513,6 +594,8 @@ mod tests {
                 source_format: "test".into(),
                 metadata: "{}".into(),
                 raw_bytes: content.len() as u64,
+                base_model: None,
+                mode: "lossless".into(),
             };
             let m = tx.insert_model(&model)?;
             tx.insert_model_file(m, "f", FileKind::Plain, id)
@@ -653,6 +736,9 @@ mod tests {
         }
         fn remove(&self, name: &str) -> std::io::Result<()> {
             self.inner.remove(name)
+        }
+        fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+            self.inner.rename(from, to)
         }
         fn list(&self) -> std::io::Result<Vec<String>> {
             self.inner.list()

@@ -109,6 +109,10 @@ impl PackReader {
 
     /// Reads a blob's stored bytes without checking them.
     pub fn read(&self, loc: BlobLocation, what: &str) -> Result<BlobBytes> {
+        if loc.len == 0 {
+            // An empty blob occupies no bytes; its offset may lie at or past the pack's end.
+            return Ok(BlobBytes::Owned(Vec::new()));
+        }
         let end = loc
             .offset
             .checked_add(loc.len)
@@ -218,6 +222,15 @@ impl PackAppender {
     /// Appends one blob at the next aligned offset.
     pub fn append(&mut self, bytes: &[u8]) -> Result<BlobLocation> {
         let offset = align_up(self.end);
+        if bytes.is_empty() {
+            // Nothing to write: advancing `end` to the aligned offset would record a committed
+            // length past the end of the file.
+            return Ok(BlobLocation {
+                pack_id: self.pack_id,
+                offset,
+                len: 0,
+            });
+        }
         self.file
             .write_at(bytes, offset)
             .map_err(|e| StorageError::io(format!("writing pack {}", self.pack_id), e))?;

@@ -28,16 +28,30 @@ const MIGRATIONS: &[&str] = &[
         offset      INTEGER NOT NULL CHECK (offset >= 0),
         stored_len  INTEGER NOT NULL CHECK (stored_len >= 0),
         checksum    BLOB NOT NULL CHECK (length(checksum) = 32),
-        refcount    INTEGER NOT NULL CHECK (refcount >= 0)
+        refcount    INTEGER NOT NULL CHECK (refcount >= 0),
+        base_id     INTEGER REFERENCES objects (object_id),
+        chain_depth INTEGER NOT NULL CHECK (chain_depth >= 0),
+        tolerance   REAL CHECK (tolerance IS NULL OR tolerance > 0),
+        max_error   REAL NOT NULL CHECK (max_error >= 0),
+        decoded_key BLOB NOT NULL CHECK (length(decoded_key) = 32)
     ) STRICT;
     CREATE INDEX objects_by_pack ON objects (pack_id);
+    CREATE INDEX objects_by_base ON objects (base_id);
+    CREATE TABLE sketches (
+        object_id INTEGER PRIMARY KEY REFERENCES objects (object_id),
+        dtype     TEXT NOT NULL,
+        elements  INTEGER NOT NULL,
+        sketch    BLOB NOT NULL
+    ) STRICT;
     CREATE TABLE models (
         model_id      INTEGER PRIMARY KEY,
         name          TEXT NOT NULL UNIQUE,
         created_unix  INTEGER NOT NULL,
         source_format TEXT NOT NULL,
         metadata      TEXT NOT NULL,
-        raw_bytes     INTEGER NOT NULL
+        raw_bytes     INTEGER NOT NULL,
+        base_model    TEXT,
+        mode          TEXT NOT NULL
     ) STRICT;
     CREATE TABLE model_files (
         model_id  INTEGER NOT NULL REFERENCES models (model_id),

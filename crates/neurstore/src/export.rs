@@ -7,13 +7,10 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use neurstore_core::codec::{self, Codec};
 use neurstore_core::dtype::DType;
 use neurstore_core::safetensors;
 use neurstore_storage::StorageError;
-use neurstore_storage::catalog::{
-    FileKind, FileRow, ModelRow, ObjectKind, ObjectRow, Queries, TensorRow,
-};
+use neurstore_storage::catalog::{FileKind, FileRow, ModelRow, ObjectKind, Queries, TensorRow};
 use neurstore_storage::pack::BlobBytes;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -104,18 +101,6 @@ impl Store {
                 other => return other,
             }
         }
-    }
-
-    /// Reads and decodes one object; `what` names it in errors.
-    pub(crate) fn decode_object(&self, object: &ObjectRow, what: &str) -> Result<TensorData> {
-        let stored = self.engine.read_blob(object, what)?;
-        if object.codec == Codec::Raw {
-            return Ok(TensorData::Stored(stored));
-        }
-        let mut out = vec![0u8; object.raw_len as usize];
-        codec::decode_into(object.codec, &stored, &mut out)
-            .map_err(|e| StorageError::corrupt(what, format!("cannot decode: {e}")))?;
-        Ok(TensorData::Decoded(out))
     }
 
     /// Writes model `name` to `out`: a safetensors file for a model imported from one, a

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use neurstore_core::codec::Codec;
 use neurstore_core::key::{file_key, tensor_key};
 use neurstore_storage::StorageError;
 use neurstore_storage::catalog::{ObjectKind, ObjectRow, Queries};
@@ -34,6 +35,10 @@ pub struct ModelInfo {
     pub created_unix: i64,
     /// "safetensors" or "directory".
     pub source_format: String,
+    /// "lossless", "abs:X" or "rel:X".
+    pub mode: String,
+    /// Lineage: the model its deltas were taken against.
+    pub base_model: Option<String>,
     /// User metadata.
     pub metadata: serde_json::Value,
     /// Tensor bytes as imported.
@@ -80,8 +85,14 @@ pub struct TensorInfo {
     pub codec: &'static str,
     /// Bits stored per element.
     pub bits_per_element: f64,
-    /// True when other models (or other names) use the same stored object.
+    /// True when other models (or other names, or deltas) use the same stored object.
     pub shared: bool,
+    /// "model/tensor" of the base this tensor is a delta against.
+    pub base: Option<String>,
+    /// Largest absolute error of any element, measured when stored.
+    pub max_error: f64,
+    /// The bound it was stored under (`None`: lossless).
+    pub tolerance: Option<f64>,
 }
 
 /// `stats` of the store.
@@ -158,6 +169,14 @@ impl Store {
                 .ok_or_else(|| StorageError::ModelNotFound(name.to_string()))?;
             let files = q.model_files(model.id)?;
             let tensors = q.model_tensors(model.id)?;
+            let mut base_names: HashMap<i64, String> = HashMap::new();
+            for b in tensors.iter().filter_map(|t| t.object.base) {
+                if let std::collections::hash_map::Entry::Vacant(slot) = base_names.entry(b)
+                    && let Some((m, t)) = q.first_user(b)?
+                {
+                    slot.insert(format!("{m}/{t}"));
+                }
+            }
             let mut uses: HashMap<i64, (i64, &ObjectRow)> = HashMap::new();
             for o in files
                 .iter()
@@ -177,6 +196,8 @@ impl Store {
                 name: model.name.clone(),
                 created_unix: model.created_unix,
                 source_format: model.source_format.clone(),
+                mode: model.mode.clone(),
+                base_model: model.base_model.clone(),
                 metadata: serde_json::from_str(&model.metadata).unwrap_or(serde_json::Value::Null),
                 raw_bytes: model.raw_bytes,
                 stored_bytes,
@@ -215,7 +236,11 @@ impl Store {
                             } else {
                                 t.object.location.len as f64 * 8.0 / elements as f64
                             },
-                            shared: shared(&t.object),
+                            // Any other reference: another model, another name, a delta on it.
+                            shared: t.object.refcount > 1,
+                            base: t.object.base.and_then(|b| base_names.get(&b).cloned()),
+                            max_error: t.object.max_error,
+                            tolerance: t.object.tolerance,
                         }
                     })
                     .collect(),
@@ -250,9 +275,15 @@ impl Store {
                 ObjectKind::Tensor { .. } => "tensor",
                 ObjectKind::File => "file",
             };
-            let entry = by_kind
-                .entry(format!("{kind}/{}", o.codec.name()))
-                .or_default();
+            let class = match (o.codec, o.base.is_some()) {
+                (Codec::Raw, _) => "raw",
+                (Codec::Grouped, _) => "lossless standalone",
+                (Codec::Delta, _) => "lossless delta",
+                (Codec::Quantized, true) => "quantized delta",
+                (Codec::Quantized, false) => "quantized base",
+                _ => "other",
+            };
+            let entry = by_kind.entry(format!("{kind}/{class}")).or_default();
             entry.objects += 1;
             entry.raw_bytes += o.raw_len;
             entry.stored_bytes += o.location.len;
@@ -308,7 +339,7 @@ impl Store {
                         ObjectKind::Tensor { dtype } => tensor_key(dtype, &o.shape, &data),
                         ObjectKind::File => file_key(&data),
                     };
-                    if key == o.key {
+                    if key == o.decoded_key {
                         Ok(())
                     } else {
                         Err(StorageError::corrupt(

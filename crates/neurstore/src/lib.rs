@@ -32,10 +32,12 @@
 //! ```
 #![deny(missing_docs)]
 
+mod decode;
 mod error;
 mod export;
 mod import;
 mod inspect;
+mod plan;
 mod progress;
 mod put;
 
@@ -47,7 +49,7 @@ pub use inspect::{FileInfo, KindStats, ModelInfo, ModelSummary, Stats, TensorInf
 pub use neurstore_core::dtype::DType;
 pub use neurstore_storage::{GcReport, RecoveryReport, StorageError};
 pub use progress::{NoProgress, Progress};
-pub use put::{PutOptions, PutReport};
+pub use put::{BaseChoice, Mode, PutOptions, PutReport, TensorReport};
 
 use neurstore_storage::{Engine, EngineOptions};
 
@@ -55,6 +57,7 @@ use neurstore_storage::{Engine, EngineOptions};
 pub struct Store {
     engine: Engine,
     recovery: RecoveryReport,
+    base_cache: std::sync::Mutex<decode::BaseCache>,
 }
 
 /// How to open a store.
@@ -64,6 +67,8 @@ pub struct StoreOptions {
     pub write: bool,
     /// Close pack files past this many bytes (default 1 GiB).
     pub max_pack_len: Option<u64>,
+    /// Bytes of decoded base tensors kept in memory for reuse (default 1 GiB).
+    pub base_cache_bytes: Option<u64>,
 }
 
 /// What `rm` did.
@@ -107,7 +112,12 @@ impl Store {
             engine_options.max_pack_len = len;
         }
         let (engine, recovery) = Engine::open(root, engine_options)?;
-        Ok(Store { engine, recovery })
+        let cache = decode::BaseCache::new(options.base_cache_bytes.unwrap_or(1 << 30));
+        Ok(Store {
+            engine,
+            recovery,
+            base_cache: std::sync::Mutex::new(cache),
+        })
     }
 
     /// What recovery did when this store was opened for writing.

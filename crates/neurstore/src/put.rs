@@ -1,38 +1,129 @@
-//! `put`: import a model, storing each distinct tensor and file once.
+//! `put`: import a model, storing each distinct tensor and file once, and each new tensor in the
+//! cheapest of its encodings: standalone, or as a delta against the most similar stored tensor.
 //!
-//! Steps: read and validate every input file; key every tensor and file by content; encode
-//! only the contents the store lacks (in parallel, in bounded batches); append them; publish the
-//! model in one catalog transaction.
+//! Steps: read and validate every input file; key every tensor and file by content; find, for
+//! each tensor the store lacks, its base candidates (by name in `--base NAME`, else through the
+//! similarity index); encode (in parallel, in bounded batches) and check each encoding by
+//! decoding it; append the blobs; publish the model in one catalog transaction.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::time::Instant;
 
-use neurstore_core::codec;
 use neurstore_core::key::{Digest, checksum, file_key, tensor_key};
-use neurstore_storage::catalog::{FileKind, ModelRow, NewObject, ObjectKind, Queries};
+use neurstore_core::sketch;
+use neurstore_storage::StorageError;
+use neurstore_storage::catalog::{FileKind, ModelRow, NewObject, ObjectKind, ObjectRow, Queries};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::import::{SourceModel, read_source};
+use crate::plan::{Item, Plan, plan_item};
 use crate::progress::Progress;
 use crate::{Store, validate_name};
 
 /// Raw bytes encoded at once before their blobs are appended (bounds memory during `put`).
 const BATCH_BYTES: u64 = 64 << 20;
+/// Candidates the similarity index proposes per tensor, re-ranked exactly.
+const CANDIDATES: usize = 4;
+
+/// How tensor values are kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    /// Bit-exact.
+    Lossless,
+    /// Every float element within this absolute error.
+    Absolute(f64),
+    /// Every float element within this fraction of its tensor's root mean square.
+    Relative(f64),
+}
+
+impl Mode {
+    /// The catalog's spelling: "lossless", "abs:X" or "rel:X".
+    pub fn label(&self) -> String {
+        match self {
+            Mode::Lossless => "lossless".into(),
+            Mode::Absolute(t) => format!("abs:{t:e}"),
+            Mode::Relative(t) => format!("rel:{t:e}"),
+        }
+    }
+}
+
+/// Where delta bases come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaseChoice {
+    /// Search the similarity index.
+    Auto,
+    /// Store every tensor standalone.
+    None,
+    /// Pair tensors with the named model's tensors of the same name first, then search.
+    Model(String),
+}
 
 /// Options of `put`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PutOptions {
     /// User metadata recorded with the model.
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Lossless or bounded.
+    pub mode: Mode,
+    /// Where delta bases come from.
+    pub base: BaseChoice,
+    /// Plan and report without writing anything.
+    pub dry_run: bool,
+    /// Longest chain of deltas a new tensor may end (1 = deltas only against standalone bases).
+    pub max_chain_depth: u32,
 }
 
-/// What `put` did.
+impl Default for PutOptions {
+    fn default() -> Self {
+        PutOptions {
+            metadata: serde_json::Map::new(),
+            mode: Mode::Lossless,
+            base: BaseChoice::Auto,
+            dry_run: false,
+            max_chain_depth: 2,
+        }
+    }
+}
+
+/// How one tensor was (or, in a dry run, would be) stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorReport {
+    /// File it belongs to.
+    pub file: String,
+    /// Tensor name.
+    pub name: String,
+    /// Element type.
+    pub dtype: String,
+    /// Raw bytes.
+    pub raw_bytes: u64,
+    /// Bytes written for it (0 when an identical tensor was already stored).
+    pub stored_bytes: u64,
+    /// Codec chosen.
+    pub codec: &'static str,
+    /// "model/tensor" of the delta base, if any.
+    pub base: Option<String>,
+    /// Stored bits per element.
+    pub bits_per_element: f64,
+    /// Largest absolute error of any element.
+    pub max_error: f64,
+    /// True when an identical tensor was already stored (exact dedup).
+    pub deduplicated: bool,
+}
+
+/// What `put` did (or would do, in a dry run).
 #[derive(Debug, Clone, Serialize)]
 pub struct PutReport {
     /// Model name.
     pub name: String,
+    /// True for a dry run: nothing was written.
+    pub dry_run: bool,
+    /// "lossless", "abs:X" or "rel:X".
+    pub mode: String,
+    /// Lineage: the model its deltas were mostly taken against.
+    pub base_model: Option<String>,
     /// Files imported.
     pub files: u64,
     /// Tensors imported.
@@ -43,16 +134,20 @@ pub struct PutReport {
     pub new_objects: u64,
     /// Objects already in the store (exact duplicates), referenced instead.
     pub deduplicated_objects: u64,
+    /// New tensors stored as deltas.
+    pub delta_tensors: u64,
     /// Bytes appended to pack files.
     pub stored_bytes_added: u64,
-}
-
-/// One tensor or file of the input, keyed by content.
-struct Item<'a> {
-    key: Digest,
-    kind: ObjectKind,
-    shape: Vec<u64>,
-    raw: &'a [u8],
+    /// raw_bytes / stored_bytes_added.
+    pub ratio: f64,
+    /// Largest absolute error of any element of any tensor.
+    pub max_error: f64,
+    /// Tensors looked up in the similarity index.
+    pub tensors_searched: u64,
+    /// Seconds spent in index searches.
+    pub search_seconds: f64,
+    /// Per tensor.
+    pub tensor_reports: Vec<TensorReport>,
 }
 
 fn items_of(source: &SourceModel) -> Vec<Item<'_>> {
@@ -60,36 +155,46 @@ fn items_of(source: &SourceModel) -> Vec<Item<'_>> {
     for file in &source.files {
         match &file.header {
             Some(header) => {
-                items.push(Item {
-                    key: [0; 32],
-                    kind: ObjectKind::File,
-                    shape: vec![],
-                    raw: file.header_json(),
-                });
+                items.push(Item::file(&file.rel_path, file.header_json()));
                 for (i, t) in header.tensors.iter().enumerate() {
-                    items.push(Item {
-                        key: [0; 32],
-                        kind: ObjectKind::Tensor { dtype: t.dtype },
-                        shape: t.shape.clone(),
-                        raw: file.tensor_bytes(i),
-                    });
+                    items.push(Item::tensor(
+                        &file.rel_path,
+                        &t.name,
+                        t.dtype,
+                        t.shape.clone(),
+                        file.tensor_bytes(i),
+                    ));
                 }
             }
-            None => items.push(Item {
-                key: [0; 32],
-                kind: ObjectKind::File,
-                shape: vec![],
-                raw: &file.bytes,
-            }),
+            None => items.push(Item::file(&file.rel_path, &file.bytes)),
         }
     }
     items.par_iter_mut().for_each(|item| {
-        item.key = match item.kind {
-            ObjectKind::Tensor { dtype } => tensor_key(dtype, &item.shape, item.raw),
-            ObjectKind::File => file_key(item.raw),
+        item.exact_key = match item.dtype {
+            Some(dtype) => tensor_key(dtype, &item.shape, item.raw),
+            None => file_key(item.raw),
         }
     });
     items
+}
+
+fn check_options(options: &PutOptions) -> Result<()> {
+    let bad = |what: &str| {
+        Err(Error::invalid(
+            Path::new("--tolerance"),
+            format!("{what}; give a positive number such as 1e-4"),
+        ))
+    };
+    match options.mode {
+        Mode::Absolute(t) | Mode::Relative(t) if !(t.is_finite() && t > 0.0) => {
+            bad("the tolerance must be positive and finite")
+        }
+        _ if options.max_chain_depth == 0 => Err(Error::invalid(
+            Path::new("--max-chain-depth"),
+            "must be at least 1 (use --base none to store standalone)",
+        )),
+        _ => Ok(()),
+    }
 }
 
 impl Store {
@@ -102,74 +207,185 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<PutReport> {
         validate_name(name)?;
+        check_options(options)?;
         if self.engine.read(|q| q.model(name))?.is_some() {
-            return Err(neurstore_storage::StorageError::ModelExists(name.to_string()).into());
+            return Err(StorageError::ModelExists(name.to_string()).into());
         }
+        let base_tensors = self.base_tensors(&options.base)?;
         let source = read_source(path)?;
-        let items = items_of(&source);
-
-        // First item of each distinct content, and which of those the store lacks.
-        let mut first_of: HashMap<Digest, usize> = HashMap::new();
-        for (i, item) in items.iter().enumerate() {
-            first_of.entry(item.key).or_insert(i);
+        let mut items = items_of(&source);
+        for item in &mut items {
+            item.set_mode(options.mode);
         }
-        let mut distinct: Vec<usize> = first_of.values().copied().collect();
-        distinct.sort_unstable();
-        let present: HashSet<Digest> = self.engine.read(|q| {
-            let mut present = HashSet::new();
-            for &i in &distinct {
-                if q.object_by_key(&items[i].key)?.is_some() {
-                    present.insert(items[i].key);
+
+        // Which contents the store already has, exactly or under the same bound.
+        let mut existing: HashMap<Digest, ObjectRow> = HashMap::new();
+        self.engine.read(|q| {
+            for item in &items {
+                for key in [item.exact_key, item.store_key] {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = existing.entry(key)
+                        && let Some(row) = q.object_by_key(&key)?
+                    {
+                        slot.insert(row);
+                    }
                 }
             }
-            Ok(present)
+            Ok(())
         })?;
-        let missing: Vec<&Item> = distinct
-            .iter()
-            .map(|&i| &items[i])
-            .filter(|it| !present.contains(&it.key))
-            .collect();
+        let stored_as = |item: &Item| -> Option<Digest> {
+            [item.exact_key, item.store_key]
+                .into_iter()
+                .find(|k| existing.contains_key(k))
+        };
+        let mut first_of: BTreeMap<usize, ()> = BTreeMap::new();
+        let mut seen: HashSet<Digest> = HashSet::new();
+        for (i, item) in items.iter().enumerate() {
+            if stored_as(item).is_none() && seen.insert(item.store_key) {
+                first_of.insert(i, ());
+            }
+        }
+        let missing: Vec<usize> = first_of.into_keys().collect();
 
-        let mut session = self.engine.begin_write()?;
-        let total: u64 = missing.iter().map(|it| it.raw.len() as u64).sum();
-        progress.start("storing", total);
-        let mut new_objects = Vec::with_capacity(missing.len());
-        let mut stored_bytes_added = 0;
-        for batch in batches(&missing) {
-            let encoded: Vec<(codec::Encoded, Digest)> = batch
-                .par_iter()
-                .map(|it| {
-                    let enc = match it.kind {
-                        ObjectKind::Tensor { dtype } => codec::encode_tensor(dtype, it.raw),
-                        ObjectKind::File => codec::encode_file(it.raw),
+        // Candidate bases: paired by name first, else from the similarity index.
+        let search_started = Instant::now();
+        let mut searched = 0u64;
+        let mut candidates: HashMap<usize, Vec<i64>> = HashMap::new();
+        if options.base != BaseChoice::None {
+            let wants_search: Vec<usize> = missing
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    let item = &items[i];
+                    let Some(dtype) = item.dtype.filter(|d| sketch::indexable(*d)) else {
+                        return false;
                     };
-                    let sum = checksum(enc.bytes.as_deref().unwrap_or(it.raw));
-                    (enc, sum)
+                    match base_tensors.get(&item.name) {
+                        Some(row)
+                            if row.kind == (ObjectKind::Tensor { dtype })
+                                && row.shape == item.shape =>
+                        {
+                            candidates.insert(i, vec![row.id]);
+                            false
+                        }
+                        _ => true,
+                    }
                 })
                 .collect();
-            for (it, (enc, sum)) in batch.iter().zip(encoded) {
-                let stored = enc.bytes.as_deref().unwrap_or(it.raw);
-                let location = session.append(stored)?;
-                stored_bytes_added += stored.len() as u64;
-                new_objects.push(NewObject {
-                    key: it.key,
-                    kind: it.kind,
-                    shape: it.shape.clone(),
-                    raw_len: it.raw.len() as u64,
-                    codec: enc.codec,
-                    location,
-                    checksum: sum,
-                });
-                progress.advance(it.raw.len() as u64);
+            if !wants_search.is_empty() {
+                self.engine.with_index(|index| {
+                    for &i in &wants_search {
+                        let item = &items[i];
+                        let dtype = item.dtype.expect("filtered above");
+                        let query = sketch::sketch(dtype, item.raw).expect("indexable");
+                        let found = index.search(dtype, item.elements(), &query, CANDIDATES);
+                        candidates.insert(i, found.into_iter().map(|(id, _)| id).collect());
+                        searched += 1;
+                    }
+                })?;
+            }
+        }
+        let search_seconds = search_started.elapsed().as_secs_f64();
+        let candidate_rows: HashMap<i64, ObjectRow> = self.engine.read(|q| {
+            let mut rows = HashMap::new();
+            for id in candidates.values().flatten() {
+                if let Some(row) = q.object(*id)? {
+                    rows.insert(*id, row);
+                }
+            }
+            Ok(rows)
+        })?;
+
+        // Plan (encode and check) the missing contents, then append them, batch by batch.
+        let mut session = if options.dry_run {
+            None
+        } else {
+            Some(self.engine.begin_write()?)
+        };
+        let total: u64 = missing.iter().map(|&i| items[i].raw.len() as u64).sum();
+        progress.start(
+            if options.dry_run {
+                "planning"
+            } else {
+                "storing"
+            },
+            total,
+        );
+        let mut plans: HashMap<Digest, (Plan, Option<NewObject>)> = HashMap::new();
+        for batch in batches(&missing, &items) {
+            let planned: Vec<Plan> = batch
+                .par_iter()
+                .map(|&i| {
+                    let rows: Vec<&ObjectRow> = candidates
+                        .get(&i)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|id| candidate_rows.get(id))
+                        .filter(|row| row.chain_depth < options.max_chain_depth)
+                        .collect();
+                    let plan = plan_item(self, &items[i], &rows);
+                    progress.advance(items[i].raw.len() as u64);
+                    plan
+                })
+                .collect::<Result<_>>()?;
+            for (&i, plan) in batch.iter().zip(planned) {
+                let item = &items[i];
+                let new_object = match session.as_mut() {
+                    Some(session) => {
+                        let stored = plan.stored_bytes(item.raw);
+                        let location = session.append(stored)?;
+                        Some(NewObject {
+                            key: item.store_key,
+                            kind: match item.dtype {
+                                Some(dtype) => ObjectKind::Tensor { dtype },
+                                None => ObjectKind::File,
+                            },
+                            shape: item.shape.clone(),
+                            raw_len: item.raw.len() as u64,
+                            codec: plan.codec,
+                            location,
+                            checksum: checksum(stored),
+                            base: plan.base.as_ref().map(|b| b.id),
+                            chain_depth: plan.chain_depth,
+                            tolerance: plan.tolerance,
+                            max_error: plan.max_error,
+                            decoded_key: plan.decoded_key,
+                            sketch: plan
+                                .sketch
+                                .clone()
+                                .filter(|_| plan.chain_depth < options.max_chain_depth),
+                        })
+                    }
+                    None => None,
+                };
+                plans.insert(item.store_key, (plan, new_object));
             }
         }
         progress.finish();
 
-        let raw_bytes: u64 = items
-            .iter()
-            .filter(|it| matches!(it.kind, ObjectKind::Tensor { .. }))
-            .map(|it| it.raw.len() as u64)
-            .sum();
+        // Lineage: the model most delta bases belong to (or the one named).
+        let base_model = match &options.base {
+            BaseChoice::Model(m) => Some(m.clone()),
+            _ => self.majority_base_model(
+                plans
+                    .values()
+                    .filter_map(|(p, _)| p.base.as_ref().map(|b| b.id)),
+            )?,
+        };
+        let mut report = self.put_report(
+            name,
+            options,
+            &source,
+            &items,
+            &existing,
+            &plans,
+            base_model.clone(),
+        )?;
+        report.tensors_searched = searched;
+        report.search_seconds = search_seconds;
+        let Some(session) = session else {
+            return Ok(report);
+        };
+
         let model = ModelRow {
             id: 0,
             name: name.to_string(),
@@ -178,22 +394,19 @@ impl Store {
                 .map_or(0, |d| d.as_secs() as i64),
             source_format: source.format.to_string(),
             metadata: serde_json::Value::Object(options.metadata.clone()).to_string(),
-            raw_bytes,
+            raw_bytes: report.raw_bytes,
+            base_model,
+            mode: options.mode.label(),
         };
         session.commit(|tx| {
-            let mut ids: HashMap<Digest, i64> = HashMap::with_capacity(distinct.len());
-            for object in &new_objects {
+            let mut ids: HashMap<Digest, i64> =
+                existing.iter().map(|(k, row)| (*k, row.id)).collect();
+            let mut new: Vec<&NewObject> = plans.values().filter_map(|(_, o)| o.as_ref()).collect();
+            new.sort_by_key(|o| (o.location.pack_id, o.location.offset));
+            for object in new {
                 ids.insert(object.key, tx.insert_object(object)?);
             }
-            for key in &present {
-                let row = tx.object_by_key(key)?.ok_or_else(|| {
-                    neurstore_storage::StorageError::corrupt(
-                        "catalog",
-                        "an object vanished during put",
-                    )
-                })?;
-                ids.insert(*key, row.id);
-            }
+            let id_of = |item: &Item| -> i64 { ids[&stored_as(item).unwrap_or(item.store_key)] };
             let model_id = tx.insert_model(&model)?;
             let mut next = items.iter();
             for file in &source.files {
@@ -203,7 +416,7 @@ impl Store {
                     FileKind::Plain
                 };
                 let head = next.next().expect("one item per file");
-                tx.insert_model_file(model_id, &file.rel_path, kind, ids[&head.key])?;
+                tx.insert_model_file(model_id, &file.rel_path, kind, id_of(head))?;
                 for (position, t) in file
                     .header
                     .iter()
@@ -216,43 +429,150 @@ impl Store {
                         &file.rel_path,
                         position as i64,
                         &t.name,
-                        ids[&item.key],
+                        id_of(item),
                     )?;
                 }
             }
             Ok(())
         })?;
+        Ok(report)
+    }
 
-        let tensors = items
-            .iter()
-            .filter(|it| matches!(it.kind, ObjectKind::Tensor { .. }))
-            .count() as u64;
+    /// Tensors of the model named as base, by tensor name.
+    fn base_tensors(&self, choice: &BaseChoice) -> Result<HashMap<String, ObjectRow>> {
+        let BaseChoice::Model(name) = choice else {
+            return Ok(HashMap::new());
+        };
+        Ok(self.engine.read(|q| {
+            let model = q
+                .model(name)?
+                .ok_or_else(|| StorageError::ModelNotFound(name.clone()))?;
+            Ok(q.model_tensors(model.id)?
+                .into_iter()
+                .map(|t| (t.name, t.object))
+                .collect())
+        })?)
+    }
+
+    fn majority_base_model(&self, bases: impl Iterator<Item = i64>) -> Result<Option<String>> {
+        let bases: Vec<i64> = bases.collect();
+        Ok(self.engine.read(|q| {
+            let mut votes: BTreeMap<String, u64> = BTreeMap::new();
+            for id in bases {
+                if let Some((model, _)) = q.first_user(id)? {
+                    *votes.entry(model).or_default() += 1;
+                }
+            }
+            Ok(votes
+                .into_iter()
+                .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+                .map(|(m, _)| m))
+        })?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn put_report(
+        &self,
+        name: &str,
+        options: &PutOptions,
+        source: &SourceModel,
+        items: &[Item],
+        existing: &HashMap<Digest, ObjectRow>,
+        plans: &HashMap<Digest, (Plan, Option<NewObject>)>,
+        base_model: Option<String>,
+    ) -> Result<PutReport> {
+        let base_names: HashMap<i64, String> = self.engine.read(|q| {
+            let mut names = HashMap::new();
+            for (plan, _) in plans.values() {
+                if let Some(base) = &plan.base
+                    && let Some((m, t)) = q.first_user(base.id)?
+                {
+                    names.insert(base.id, format!("{m}/{t}"));
+                }
+            }
+            Ok(names)
+        })?;
+        let mut written: HashSet<Digest> = HashSet::new();
+        let mut tensor_reports = Vec::new();
+        let mut stored_bytes_added = 0;
+        for item in items {
+            let plan = plans.get(&item.store_key).map(|(p, _)| p);
+            let fresh = plan.is_some() && written.insert(item.store_key);
+            let stored = match (plan, fresh) {
+                (Some(p), true) => p.stored_bytes(item.raw).len() as u64,
+                _ => 0,
+            };
+            stored_bytes_added += stored;
+            let Some(dtype) = item.dtype else { continue };
+            let existing_row = [item.exact_key, item.store_key]
+                .iter()
+                .find_map(|k| existing.get(k));
+            let (codec, max_error, base) = match (plan, existing_row) {
+                (Some(p), _) => (
+                    p.codec.name(),
+                    p.max_error,
+                    p.base.as_ref().and_then(|b| base_names.get(&b.id).cloned()),
+                ),
+                (None, Some(row)) => (row.codec.name(), row.max_error, None),
+                (None, None) => ("?", 0.0, None),
+            };
+            let elements = item.elements().max(1);
+            tensor_reports.push(TensorReport {
+                file: item.file.to_string(),
+                name: item.name.clone(),
+                dtype: dtype.to_string(),
+                raw_bytes: item.raw.len() as u64,
+                stored_bytes: stored,
+                codec,
+                base,
+                bits_per_element: stored as f64 * 8.0 / elements as f64,
+                max_error,
+                deduplicated: plan.is_none(),
+            });
+        }
+        let raw_bytes = tensor_reports.iter().map(|t| t.raw_bytes).sum();
+        let new_objects = plans.len() as u64;
         Ok(PutReport {
             name: name.to_string(),
+            dry_run: options.dry_run,
+            mode: options.mode.label(),
+            base_model,
             files: source.files.len() as u64,
-            tensors,
+            tensors: tensor_reports.len() as u64,
             raw_bytes,
-            new_objects: new_objects.len() as u64,
-            deduplicated_objects: present.len() as u64,
+            new_objects,
+            deduplicated_objects: items.len() as u64 - new_objects,
+            delta_tensors: plans.values().filter(|(p, _)| p.base.is_some()).count() as u64,
             stored_bytes_added,
+            ratio: if stored_bytes_added == 0 {
+                0.0
+            } else {
+                raw_bytes as f64 / stored_bytes_added as f64
+            },
+            max_error: tensor_reports
+                .iter()
+                .map(|t| t.max_error)
+                .fold(0.0, f64::max),
+            tensors_searched: 0,
+            search_seconds: 0.0,
+            tensor_reports,
         })
     }
 }
 
-fn batches<'a, 'b>(items: &'b [&'a Item<'a>]) -> Vec<&'b [&'a Item<'a>]> {
+fn batches<'a>(indices: &'a [usize], items: &[Item]) -> Vec<&'a [usize]> {
     let mut out = Vec::new();
-    let mut start = 0;
-    let mut size = 0u64;
-    for (i, it) in items.iter().enumerate() {
-        if i > start && size + it.raw.len() as u64 > BATCH_BYTES {
-            out.push(&items[start..i]);
-            start = i;
-            size = 0;
+    let (mut start, mut size) = (0, 0u64);
+    for (n, &i) in indices.iter().enumerate() {
+        let len = items[i].raw.len() as u64;
+        if n > start && size + len > BATCH_BYTES {
+            out.push(&indices[start..n]);
+            (start, size) = (n, 0);
         }
-        size += it.raw.len() as u64;
+        size += len;
     }
-    if start < items.len() {
-        out.push(&items[start..]);
+    if start < indices.len() {
+        out.push(&indices[start..]);
     }
     out
 }

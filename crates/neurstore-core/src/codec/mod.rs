@@ -14,6 +14,10 @@ pub enum Codec {
     Raw,
     /// Byte-grouped chunked zstd ([`grouped`]).
     Grouped,
+    /// Lossless delta against a base object ([`delta`]).
+    Delta,
+    /// Bounded quantized values, against a base object or zero ([`quantized`]).
+    Quantized,
 }
 
 impl Codec {
@@ -22,6 +26,8 @@ impl Codec {
         match self {
             Codec::Raw => 0,
             Codec::Grouped => 1,
+            Codec::Delta => 2,
+            Codec::Quantized => 3,
         }
     }
 
@@ -30,6 +36,8 @@ impl Codec {
         match tag {
             0 => Ok(Codec::Raw),
             1 => Ok(Codec::Grouped),
+            2 => Ok(Codec::Delta),
+            3 => Ok(Codec::Quantized),
             t => Err(CodecError::corrupt(format!("unknown codec tag {t}"))),
         }
     }
@@ -39,6 +47,8 @@ impl Codec {
         match self {
             Codec::Raw => "raw",
             Codec::Grouped => "grouped-zstd",
+            Codec::Delta => "delta",
+            Codec::Quantized => "quantized",
         }
     }
 }
@@ -110,5 +120,33 @@ pub fn decode_into(codec: Codec, stored: &[u8], out: &mut [u8]) -> Result<(), Co
             out.len()
         ))),
         Codec::Grouped => grouped::decode_into(stored, out),
+        Codec::Delta | Codec::Quantized => Err(CodecError::corrupt(format!(
+            "{} blob needs decode_with_base",
+            codec.name()
+        ))),
+    }
+}
+
+/// Decodes any codec: `base` is the decoded base object for [`Codec::Delta`] and for
+/// [`Codec::Quantized`] blobs encoded against one; `dtype` is the tensor's element type.
+pub fn decode_with_base(
+    codec: Codec,
+    dtype: DType,
+    stored: &[u8],
+    base: Option<&[u8]>,
+    out: &mut [u8],
+) -> Result<(), CodecError> {
+    match codec {
+        Codec::Raw | Codec::Grouped if base.is_none() => decode_into(codec, stored, out),
+        Codec::Delta => delta::decode_into(
+            stored,
+            base.ok_or_else(|| CodecError::corrupt("delta blob without a base"))?,
+            out,
+        ),
+        Codec::Quantized => quantized::decode_into(dtype, stored, base, out),
+        _ => Err(CodecError::corrupt(format!(
+            "{} blob with a base",
+            codec.name()
+        ))),
     }
 }

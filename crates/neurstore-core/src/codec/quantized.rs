@@ -294,6 +294,56 @@ pub fn decode_into(
     Ok(())
 }
 
+/// Largest |original − reconstructed| over all elements of two tensors of a bounded-mode dtype.
+/// Non-finite elements must match exactly (NaN with NaN, same infinity); otherwise, or when the
+/// lengths differ, the result is infinite.
+pub fn max_abs_error(dtype: DType, original: &[u8], reconstructed: &[u8]) -> f64 {
+    let size = (dtype.bits() / 8) as usize;
+    if !supports(dtype)
+        || original.len() != reconstructed.len()
+        || !original.len().is_multiple_of(size)
+    {
+        return f64::INFINITY;
+    }
+    (0..original.len() / size)
+        .map(|i| {
+            let (x, y) = (load(dtype, original, i), load(dtype, reconstructed, i));
+            if x.is_finite() && y.is_finite() {
+                (x - y).abs()
+            } else if (x.is_nan() && y.is_nan()) || x == y {
+                0.0
+            } else {
+                f64::INFINITY
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
+/// Root mean square of the finite elements (0 for an empty tensor).
+pub fn rms(dtype: DType, bytes: &[u8]) -> f64 {
+    let size = (dtype.bits() / 8) as usize;
+    if !supports(dtype) || bytes.is_empty() {
+        return 0.0;
+    }
+    let (sum, n) = (0..bytes.len() / size)
+        .map(|i| load(dtype, bytes, i))
+        .filter(|v| v.is_finite())
+        .fold((0.0f64, 0u64), |(s, n), v| (s + v * v, n + 1));
+    if n == 0 { 0.0 } else { (sum / n as f64).sqrt() }
+}
+
+/// Squared Euclidean distance between two tensors of a bounded-mode dtype (non-finite elements
+/// count as 0), in f64.
+pub fn squared_distance(dtype: DType, a: &[u8], b: &[u8]) -> f64 {
+    let size = (dtype.bits() / 8) as usize;
+    (0..a.len().min(b.len()) / size)
+        .map(|i| {
+            let d = load(dtype, a, i) - load(dtype, b, i);
+            if d.is_finite() { d * d } else { 0.0 }
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
