@@ -168,7 +168,6 @@ pub(crate) fn plan_item(store: &Store, item: &Item, candidates: &[&ObjectRow]) -
     let base_bytes = best.as_ref().map(|(_, b, _)| b.as_slice());
 
     let mut options: Vec<Encoding> = Vec::new();
-    let standalone = codec::encode_tensor(dtype, item.raw);
     match item.tolerance {
         None => {
             if let Some(base) = base_bytes {
@@ -205,21 +204,27 @@ pub(crate) fn plan_item(store: &Store, item: &Item, candidates: &[&ObjectRow]) -
             }
         }
     }
-    // Standalone lossless goes first so it wins ties.
-    options.insert(
-        0,
-        Encoding {
-            codec: standalone.codec,
-            bytes: standalone.bytes,
-            base: None,
-        },
-    );
+    // Standalone lossless goes first so it wins ties. In bounded mode it is tried only where
+    // quantizing saves less than half: byte-grouped floats never compress by half losslessly,
+    // so there it could not win.
+    let best_len = options.iter().map(|o| o.len(item.raw)).min();
+    if item.tolerance.is_none() || best_len.is_none_or(|l| l * 2 > item.raw.len()) {
+        let standalone = codec::encode_tensor(dtype, item.raw);
+        options.insert(
+            0,
+            Encoding {
+                codec: standalone.codec,
+                bytes: standalone.bytes,
+                base: None,
+            },
+        );
+    }
     let chosen = options
         .into_iter()
         .enumerate()
         .min_by_key(|(i, o)| (o.len(item.raw), *i))
         .map(|(_, o)| o)
-        .expect("standalone is always an option");
+        .expect("a bounded tensor has a quantized option, a lossless one a standalone one");
 
     let base_row = chosen.base.and(best.as_ref().map(|(row, _, _)| *row));
     let base = chosen.base.and(base_bytes);

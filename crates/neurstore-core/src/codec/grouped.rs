@@ -3,12 +3,16 @@
 //! The input is cut into chunks of `CHUNK_LEN` bytes (a multiple of the plane width `w`). Within a
 //! chunk, byte `k` of every `w`-byte element goes to plane `k`, so for floats the sign/exponent
 //! bytes (low entropy) sit apart from the mantissa bytes (close to random). Each plane is zstd
-//! compressed, or kept raw where zstd does not save at least 1/64 of it.
+//! compressed, or kept raw where zstd does not save at least 1/64 of it. For floats the encoder
+//! may first rotate each little-endian word left by one bit, moving the sign bit to the bottom so
+//! the top byte holds exponent bits only (ZipNN's trick): the exponent plane then compresses
+//! further and the sign joins the mantissa bytes, which are close to random anyway.
 //!
 //! Layout (all integers little-endian):
 //! ```text
 //! u8  version = 1
 //! u8  plane width w (1, 2, 4 or 8)
+//! u8  flags: bit 0 = words rotated left by one bit before grouping (w > 1); other bits 0
 //! u32 chunk length in bytes (multiple of w, > 0)
 //! u64 raw length
 //! u32 chunk count = ceil(raw length / chunk length)
@@ -24,23 +28,42 @@ use super::CodecError;
 const VERSION: u8 = 1;
 /// Chunk size: large enough for zstd to find structure, small enough to spread over cores.
 pub const CHUNK_LEN: usize = 1 << 20;
-const FIXED_HEADER: usize = 1 + 1 + 4 + 8 + 4;
+const FIXED_HEADER: usize = 1 + 1 + 1 + 4 + 8 + 4;
+const ROTATED: u8 = 1;
 const ENTRY: usize = 1 + 4;
 
 /// Encodes `raw` grouping bytes in planes of width `plane_width` (1 disables grouping).
 pub fn encode(raw: &[u8], plane_width: usize, level: i32) -> Vec<u8> {
+    encode_with(raw, plane_width, false, level)
+}
+
+/// Like [`encode`]; with `rotate_sign`, each word is rotated left by one bit first (for floats).
+pub fn encode_with(raw: &[u8], plane_width: usize, rotate_sign: bool, level: i32) -> Vec<u8> {
     let w = if matches!(plane_width, 2 | 4 | 8) && raw.len().is_multiple_of(plane_width) {
         plane_width
     } else {
         1
     };
+    let rotate = rotate_sign && w > 1;
     let chunk_len = CHUNK_LEN - CHUNK_LEN % w;
     let chunks: Vec<Vec<(u8, Vec<u8>)>> = raw
         .par_chunks(chunk_len)
         .map(|chunk| {
+            let rotated;
+            let chunk = if rotate {
+                let mut copy = chunk.to_vec();
+                rotate_words(&mut copy, w, Direction::Left);
+                rotated = copy;
+                &rotated[..]
+            } else {
+                chunk
+            };
             split_planes(chunk, w)
                 .into_iter()
                 .map(|plane| {
+                    if looks_random(&plane) {
+                        return (0u8, plane);
+                    }
                     let packed = zstd::bulk::compress(&plane, level).unwrap_or_default();
                     if !packed.is_empty() && packed.len() + plane.len() / 64 < plane.len() {
                         (1u8, packed)
@@ -55,6 +78,7 @@ pub fn encode(raw: &[u8], plane_width: usize, level: i32) -> Vec<u8> {
     let mut out = Vec::with_capacity(FIXED_HEADER + chunks.len() * w * ENTRY + payload);
     out.push(VERSION);
     out.push(w as u8);
+    out.push(if rotate { ROTATED } else { 0 });
     out.extend_from_slice(&(chunk_len as u32).to_le_bytes());
     out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
     out.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
@@ -101,6 +125,9 @@ pub fn decode_into(stored: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
             if w > 1 {
                 merge_planes(&scratch, dst, w);
             }
+            if layout.rotated {
+                rotate_words(dst, w, Direction::Right);
+            }
             Ok(())
         })
 }
@@ -108,6 +135,7 @@ pub fn decode_into(stored: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
 /// Validated positions of every plane payload.
 struct Layout {
     plane_width: usize,
+    rotated: bool,
     chunk_len: usize,
     /// Per chunk, per plane: (mode, payload start, payload length).
     chunks: Vec<Vec<(u8, usize, usize)>>,
@@ -125,9 +153,13 @@ impl Layout {
             )));
         }
         let w = header[1] as usize;
-        let chunk_len = u32::from_le_bytes(header[2..6].try_into().unwrap()) as usize;
-        let declared_raw = u64::from_le_bytes(header[6..14].try_into().unwrap());
-        let count = u32::from_le_bytes(header[14..18].try_into().unwrap()) as u64;
+        let flags = header[2];
+        let chunk_len = u32::from_le_bytes(header[3..7].try_into().unwrap()) as usize;
+        let declared_raw = u64::from_le_bytes(header[7..15].try_into().unwrap());
+        let count = u32::from_le_bytes(header[15..19].try_into().unwrap()) as u64;
+        if flags & !ROTATED != 0 || (flags == ROTATED && w == 1) {
+            return Err(CodecError::corrupt(format!("bad grouped flags {flags}")));
+        }
         if !matches!(w, 1 | 2 | 4 | 8) || chunk_len == 0 || !chunk_len.is_multiple_of(w) {
             return Err(CodecError::corrupt("bad plane width or chunk length"));
         }
@@ -173,10 +205,62 @@ impl Layout {
             )));
         }
         Ok(Layout {
+            rotated: flags == ROTATED,
             plane_width: w,
             chunk_len,
             chunks,
         })
+    }
+}
+
+/// True when the bytes' order-0 entropy is so close to 8 bits that zstd could not save the
+/// 1/64 required to keep its output (the low mantissa bytes of trained weights): skips the
+/// attempt, which would cost more time than anything else in the codec.
+fn looks_random(plane: &[u8]) -> bool {
+    if plane.len() < 4096 {
+        return false;
+    }
+    let mut counts = [0u32; 256];
+    for &b in plane {
+        counts[b as usize] += 1;
+    }
+    let n = plane.len() as f64;
+    let entropy: f64 = counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / n;
+            -p * p.log2()
+        })
+        .sum();
+    entropy > 7.9
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Left,
+    Right,
+}
+
+/// Rotates every little-endian `w`-byte word of `bytes` by one bit.
+fn rotate_words(bytes: &mut [u8], w: usize, dir: Direction) {
+    macro_rules! rotate {
+        ($t:ty, $n:expr) => {
+            for word in bytes.chunks_exact_mut($n) {
+                let x = <$t>::from_le_bytes(word.try_into().unwrap());
+                let y = match dir {
+                    Direction::Left => x.rotate_left(1),
+                    Direction::Right => x.rotate_right(1),
+                };
+                word.copy_from_slice(&y.to_le_bytes());
+            }
+        };
+    }
+    match w {
+        2 => rotate!(u16, 2),
+        4 => rotate!(u32, 4),
+        8 => rotate!(u64, 8),
+        _ => {}
     }
 }
 
@@ -270,17 +354,19 @@ mod tests {
         assert!(decode_into(&bad, &mut out).is_err());
         // A chunk count claiming billions of chunks must fail before allocating for them.
         let mut bomb = enc.clone();
-        bomb[14..18].copy_from_slice(&u32::MAX.to_le_bytes());
+        bomb[15..19].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode_into(&bomb, &mut out).is_err());
     }
 
     proptest! {
         #[test]
         fn any_bytes_round_trip(raw in proptest::collection::vec(any::<u8>(), 0..5000), w in prop::sample::select(vec![1usize, 2, 4, 8])) {
-            let enc = encode(&raw, w, 1);
-            let mut out = vec![0u8; raw.len()];
-            decode_into(&enc, &mut out).unwrap();
-            prop_assert_eq!(out, raw);
+            for rotate in [false, true] {
+                let enc = encode_with(&raw, w, rotate, 1);
+                let mut out = vec![0u8; raw.len()];
+                decode_into(&enc, &mut out).unwrap();
+                prop_assert_eq!(&out, &raw);
+            }
         }
 
         #[test]

@@ -44,26 +44,111 @@ pub fn supports(dtype: DType) -> bool {
     matches!(dtype, DType::F16 | DType::BF16 | DType::F32 | DType::F64)
 }
 
-/// Reads element `i` of a float tensor as f64.
-#[inline(always)]
-fn load(dtype: DType, bytes: &[u8], i: usize) -> f64 {
-    match dtype {
-        DType::F32 => f32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap()) as f64,
-        DType::F64 => f64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().unwrap()),
-        DType::F16 => half::f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f64(),
-        _ => half::bf16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f64(),
+/// A float element type: how to read one as f64 and how to round an f64 to it.
+trait Elem {
+    const SIZE: usize;
+    fn get(b: &[u8]) -> f64;
+    fn write(v: f64, out: &mut [u8]);
+    /// `v` rounded to this type, as f64 (what `write` then `get` would give).
+    fn round(v: f64) -> f64;
+}
+
+struct F32;
+struct F64;
+struct F16;
+struct BF16;
+
+impl Elem for F32 {
+    const SIZE: usize = 4;
+    #[inline(always)]
+    fn get(b: &[u8]) -> f64 {
+        f32::from_le_bytes(b.try_into().unwrap()) as f64
+    }
+    #[inline(always)]
+    fn write(v: f64, out: &mut [u8]) {
+        out.copy_from_slice(&(v as f32).to_le_bytes())
+    }
+    #[inline(always)]
+    fn round(v: f64) -> f64 {
+        v as f32 as f64
     }
 }
 
-/// Writes `v` rounded to the dtype as element `i`.
-#[inline(always)]
-fn store(dtype: DType, out: &mut [u8], i: usize, v: f64) {
-    match dtype {
-        DType::F32 => out[4 * i..4 * i + 4].copy_from_slice(&(v as f32).to_le_bytes()),
-        DType::F64 => out[8 * i..8 * i + 8].copy_from_slice(&v.to_le_bytes()),
-        DType::F16 => out[2 * i..2 * i + 2].copy_from_slice(&half::f16::from_f64(v).to_le_bytes()),
-        _ => out[2 * i..2 * i + 2].copy_from_slice(&half::bf16::from_f64(v).to_le_bytes()),
+impl Elem for F64 {
+    const SIZE: usize = 8;
+    #[inline(always)]
+    fn get(b: &[u8]) -> f64 {
+        f64::from_le_bytes(b.try_into().unwrap())
     }
+    #[inline(always)]
+    fn write(v: f64, out: &mut [u8]) {
+        out.copy_from_slice(&v.to_le_bytes())
+    }
+    #[inline(always)]
+    fn round(v: f64) -> f64 {
+        v
+    }
+}
+
+impl Elem for F16 {
+    const SIZE: usize = 2;
+    #[inline(always)]
+    fn get(b: &[u8]) -> f64 {
+        half::f16::from_le_bytes([b[0], b[1]]).to_f64()
+    }
+    #[inline(always)]
+    fn write(v: f64, out: &mut [u8]) {
+        out.copy_from_slice(&half::f16::from_f64(v).to_le_bytes())
+    }
+    #[inline(always)]
+    fn round(v: f64) -> f64 {
+        half::f16::from_f64(v).to_f64()
+    }
+}
+
+impl Elem for BF16 {
+    const SIZE: usize = 2;
+    #[inline(always)]
+    fn get(b: &[u8]) -> f64 {
+        half::bf16::from_le_bytes([b[0], b[1]]).to_f64()
+    }
+    #[inline(always)]
+    fn write(v: f64, out: &mut [u8]) {
+        out.copy_from_slice(&half::bf16::from_f64(v).to_le_bytes())
+    }
+    #[inline(always)]
+    fn round(v: f64) -> f64 {
+        half::bf16::from_f64(v).to_f64()
+    }
+}
+
+/// Runs `$body` with `$E` bound to the element type of `$dtype` (a bounded-mode dtype).
+macro_rules! with_elem {
+    ($dtype:expr, $E:ident => $body:expr) => {
+        match $dtype {
+            DType::F32 => {
+                type $E = F32;
+                $body
+            }
+            DType::F64 => {
+                type $E = F64;
+                $body
+            }
+            DType::F16 => {
+                type $E = F16;
+                $body
+            }
+            _ => {
+                type $E = BF16;
+                $body
+            }
+        }
+    };
+}
+
+/// Reads element `i` of a float tensor as f64 (for the slow paths and tests).
+fn load(dtype: DType, bytes: &[u8], i: usize) -> f64 {
+    with_elem!(dtype, E => E::get(&bytes[i * E::SIZE..(i + 1) * E::SIZE]))
 }
 
 /// The reconstruction formula shared by encoder check and decoder.
@@ -122,30 +207,10 @@ pub fn encode(
                 exceptions: Vec::new(),
                 max_error: 0.0,
             };
-            let mut scratch = [0u8; 8];
-            for i in range {
-                let t = load(dtype, target, i);
-                let b = base.map_or(0.0, |b| load(dtype, b, i));
-                let q = ((t - b) / step).round();
-                let mut code = 0i64;
-                let mut exact = !q.is_finite() || q.abs() > MAX_CODE as f64;
-                if !exact {
-                    code = q as i64;
-                    store(dtype, &mut scratch, 0, reconstruct(b, code, step));
-                    let err = (t - load(dtype, &scratch, 0)).abs();
-                    // NaN compares false: a NaN error is an exception too.
-                    if err <= tol {
-                        r.max_error = r.max_error.max(err);
-                    } else {
-                        exact = true;
-                    }
-                }
-                if exact {
-                    r.exceptions.push(i as u64);
-                    code = 0;
-                }
-                r.codes.push(zigzag(code));
-            }
+            let first = range.start;
+            let target = &target[range.start * size..range.end * size];
+            let base = base.map(|b| &b[range.start * size..range.end * size]);
+            with_elem!(dtype, E => encode_block::<E>(target, base, first, step, tol, &mut r));
             r
         })
         .collect();
@@ -164,9 +229,12 @@ pub fn encode(
     } else {
         4
     };
-    let mut code_bytes = Vec::with_capacity(n * w);
-    for c in blocks.iter().flat_map(|b| b.codes.iter()) {
-        code_bytes.extend_from_slice(&c.to_le_bytes()[..w]);
+    let mut code_bytes = vec![0u8; n * w];
+    let all_codes = blocks.iter().flat_map(|b| b.codes.iter());
+    match w {
+        1 => narrow::<1>(all_codes, &mut code_bytes),
+        2 => narrow::<2>(all_codes, &mut code_bytes),
+        _ => narrow::<4>(all_codes, &mut code_bytes),
     }
     let exceptions: Vec<u64> = blocks
         .iter()
@@ -196,6 +264,103 @@ pub fn encode(
         max_error,
         exceptions: exceptions.len() as u64,
     })
+}
+
+/// Quantizes one block; `first` is the index of its first element in the tensor.
+#[inline(always)]
+fn encode_block<E: Elem>(
+    target: &[u8],
+    base: Option<&[u8]>,
+    first: usize,
+    step: f64,
+    tol: f64,
+    r: &mut BlockResult,
+) {
+    let inv_step = 1.0 / step;
+    let mut one = |j: usize, t: f64, b: f64| {
+        let x = (t - b) * inv_step;
+        // NaN fails the range test, as does anything too far to code.
+        let mut code = if x.abs() <= MAX_CODE as f64 {
+            (x + 0.5f64.copysign(x)) as i64
+        } else {
+            i64::MAX
+        };
+        if code != i64::MAX {
+            let err = (t - E::round(reconstruct(b, code, step))).abs();
+            if err <= tol {
+                r.max_error = r.max_error.max(err);
+            } else {
+                code = i64::MAX;
+            }
+        }
+        if code == i64::MAX {
+            r.exceptions.push((first + j) as u64);
+            code = 0;
+        }
+        r.codes.push(zigzag(code));
+    };
+    match base {
+        Some(base) => {
+            for (j, (t, b)) in target
+                .chunks_exact(E::SIZE)
+                .zip(base.chunks_exact(E::SIZE))
+                .enumerate()
+            {
+                one(j, E::get(t), E::get(b));
+            }
+        }
+        None => {
+            for (j, t) in target.chunks_exact(E::SIZE).enumerate() {
+                one(j, E::get(t), 0.0);
+            }
+        }
+    }
+}
+
+/// Writes each code's low `W` bytes.
+fn narrow<'a, const W: usize>(codes: impl Iterator<Item = &'a u32>, out: &mut [u8]) {
+    for (c, dst) in codes.zip(out.chunks_exact_mut(W)) {
+        dst.copy_from_slice(&c.to_le_bytes()[..W]);
+    }
+}
+
+/// Reconstructs one block from its codes (of `w` bytes each).
+fn decode_block<E: Elem>(codes: &[u8], w: usize, base: Option<&[u8]>, step: f64, dst: &mut [u8]) {
+    match w {
+        1 => decode_block_w::<E, 1>(codes, base, step, dst),
+        2 => decode_block_w::<E, 2>(codes, base, step, dst),
+        _ => decode_block_w::<E, 4>(codes, base, step, dst),
+    }
+}
+
+#[inline(always)]
+fn decode_block_w<E: Elem, const W: usize>(
+    codes: &[u8],
+    base: Option<&[u8]>,
+    step: f64,
+    dst: &mut [u8],
+) {
+    let code = |c: &[u8]| -> i64 {
+        let mut z = [0u8; 4];
+        z[..W].copy_from_slice(c);
+        unzigzag(u32::from_le_bytes(z))
+    };
+    match base {
+        Some(base) => {
+            for ((out, c), b) in dst
+                .chunks_exact_mut(E::SIZE)
+                .zip(codes.chunks_exact(W))
+                .zip(base.chunks_exact(E::SIZE))
+            {
+                E::write(reconstruct(E::get(b), code(c), step), out);
+            }
+        }
+        None => {
+            for (out, c) in dst.chunks_exact_mut(E::SIZE).zip(codes.chunks_exact(W)) {
+                E::write(reconstruct(0.0, code(c), step), out);
+            }
+        }
+    }
 }
 
 /// Reads the step recorded in a blob (for display and error-bound checks).
@@ -269,18 +434,9 @@ pub fn decode_into(
         .enumerate()
         .for_each(|(blk, dst)| {
             let first = blk * BLOCK;
-            for j in 0..dst.len() / size {
-                let i = first + j;
-                let mut z = [0u8; 4];
-                z[..w].copy_from_slice(&codes[i * w..(i + 1) * w]);
-                let b = base.map_or(0.0, |b| load(dtype, b, i));
-                store(
-                    dtype,
-                    dst,
-                    j,
-                    reconstruct(b, unzigzag(u32::from_le_bytes(z)), step),
-                );
-            }
+            let codes = &codes[first * w..(first + dst.len() / size) * w];
+            let base = base.map(|b| &b[first * size..first * size + dst.len()]);
+            with_elem!(dtype, E => decode_block::<E>(codes, w, base, step, dst));
         });
     let mut index = 0u64;
     for (k, gap) in gaps.chunks_exact(8).enumerate() {
@@ -335,13 +491,14 @@ pub fn rms(dtype: DType, bytes: &[u8]) -> f64 {
 /// Squared Euclidean distance between two tensors of a bounded-mode dtype (non-finite elements
 /// count as 0), in f64.
 pub fn squared_distance(dtype: DType, a: &[u8], b: &[u8]) -> f64 {
-    let size = (dtype.bits() / 8) as usize;
-    (0..a.len().min(b.len()) / size)
-        .map(|i| {
-            let d = load(dtype, a, i) - load(dtype, b, i);
+    with_elem!(dtype, E => a
+        .chunks_exact(E::SIZE)
+        .zip(b.chunks_exact(E::SIZE))
+        .map(|(x, y)| {
+            let d = E::get(x) - E::get(y);
             if d.is_finite() { d * d } else { 0.0 }
         })
-        .sum()
+        .sum())
 }
 
 #[cfg(test)]
