@@ -121,7 +121,7 @@ impl Hnsw {
         }
         for lc in (0..=level.min(top)).rev() {
             let found = self.search_layer(v, &eps, self.params.ef_construction, lc);
-            let chosen: Vec<u32> = found.iter().take(self.max_links(lc)).map(|s| s.1).collect();
+            let chosen = self.select_diverse(&found, self.max_links(lc));
             for &nb in &chosen {
                 self.links[nb as usize][lc].push(node);
                 if self.links[nb as usize][lc].len() > self.max_links(lc) {
@@ -143,8 +143,25 @@ impl Hnsw {
             .map(|&n| Scored(distance(&base, self.vector(n)), n))
             .collect();
         scored.sort();
-        scored.truncate(self.max_links(level));
-        self.links[node as usize][level] = scored.into_iter().map(|s| s.1).collect();
+        self.links[node as usize][level] = self.select_diverse(&scored, self.max_links(level));
+    }
+
+    /// The neighbour selection heuristic of the HNSW paper (Algorithm 4): from candidates sorted
+    /// by distance to a point, keep one only if it is closer to the point than to every
+    /// neighbour already kept. Without it, tight clusters (a tensor and its fine-tunes) link only
+    /// among themselves and become islands the search cannot reach.
+    fn select_diverse(&self, sorted: &[Scored], max: usize) -> Vec<u32> {
+        let mut kept: Vec<u32> = Vec::with_capacity(max);
+        for cand in sorted {
+            if kept.len() == max {
+                break;
+            }
+            let v = self.vector(cand.1);
+            if kept.iter().all(|&k| distance(v, self.vector(k)) > cand.0) {
+                kept.push(cand.1);
+            }
+        }
+        kept
     }
 
     /// The `ef` closest nodes found from `entry_points` at `level`, closest first.

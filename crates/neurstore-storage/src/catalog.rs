@@ -463,7 +463,9 @@ impl WriteTxn<'_> {
         Ok(())
     }
 
-    /// Inserts an object with refcount 0 and returns its id.
+    /// Inserts an object with refcount 0 and returns its id. Ids are never reused (SQLite alone
+    /// would hand out a deleted largest id again): decoded bases are cached, and the similarity
+    /// index is keyed, by object id, so a freed id must never come to name another object.
     pub fn insert_object(&self, o: &NewObject) -> Result<i64> {
         let (kind, dtype) = match o.kind {
             ObjectKind::Tensor { dtype } => (0, Some(dtype.as_str())),
@@ -471,10 +473,21 @@ impl WriteTxn<'_> {
         };
         let shape = matches!(o.kind, ObjectKind::Tensor { .. })
             .then(|| serde_json::to_string(&o.shape).expect("shape serializes"));
+        let id: i64 = self.tx.query_row(
+            "SELECT max(coalesce((SELECT CAST(value AS INTEGER) FROM store_meta \
+             WHERE key = 'next_object_id'), 1), coalesce((SELECT max(object_id) FROM objects), 0) + 1)",
+            [],
+            |r| r.get(0),
+        )?;
+        self.tx.execute(
+            "INSERT INTO store_meta (key, value) VALUES ('next_object_id', ?1) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [(id + 1).to_string()],
+        )?;
         let mut stmt = self.tx.prepare_cached(
-            "INSERT INTO objects (content_key, kind, dtype, shape, raw_len, codec, pack_id, offset, stored_len, \
-             checksum, refcount, base_id, chain_depth, tolerance, max_error, decoded_key) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?12, ?13, ?14, ?15)",
+            "INSERT INTO objects (object_id, content_key, kind, dtype, shape, raw_len, codec, pack_id, offset, \
+             stored_len, checksum, refcount, base_id, chain_depth, tolerance, max_error, decoded_key) \
+             VALUES (?16, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?12, ?13, ?14, ?15)",
         )?;
         stmt.execute(params![
             &o.key[..],
@@ -492,8 +505,8 @@ impl WriteTxn<'_> {
             o.tolerance,
             o.max_error,
             &o.decoded_key[..],
+            id,
         ])?;
-        let id = self.tx.last_insert_rowid();
         if let Some(base) = o.base {
             self.add_ref(base, 1)?;
         }

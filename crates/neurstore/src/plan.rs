@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::put::Mode;
 
 /// zstd level for deltas and quantized codes.
-const LEVEL: i32 = 3;
+const LEVEL: i32 = 1;
 
 /// One tensor or file of the input.
 pub(crate) struct Item<'a> {
@@ -156,7 +156,12 @@ pub(crate) fn plan_item(store: &Store, item: &Item, candidates: &[&ObjectRow]) -
                 continue;
             }
             let bytes = store.base_bytes(row.id, &what, 1)?;
-            let d = quantized::squared_distance(dtype, item.raw, &bytes);
+            // A single candidate needs no ranking.
+            let d = if candidates.len() > 1 {
+                quantized::squared_distance(dtype, item.raw, &bytes)
+            } else {
+                0.0
+            };
             if best
                 .as_ref()
                 .is_none_or(|(b, _, bd)| d < *bd || (d == *bd && row.id < b.id))
@@ -186,14 +191,21 @@ pub(crate) fn plan_item(store: &Store, item: &Item, candidates: &[&ObjectRow]) -
             }
         }
         Some(tol) => {
-            let q = quantized::encode(dtype, item.raw, None, tol, LEVEL)
-                .map_err(|e| StorageError::corrupt(&what, e.0))?;
-            options.push(Encoding {
-                codec: Codec::Quantized,
-                bytes: Some(q.bytes),
-                base: None,
-            });
-            if let Some(base) = base_bytes {
+            // Encodings estimated at over 1.5 times the best estimate cannot win; skip them.
+            let alone = quantized::estimate(dtype, item.raw, None, tol);
+            let with_base = base_bytes.map(|b| quantized::estimate(dtype, item.raw, Some(b), tol));
+            let best_estimate = with_base.map_or(alone, |d| d.min(alone));
+            let worth = |estimate: f64| estimate <= 1.5 * best_estimate + 256.0;
+            if worth(alone) {
+                let q = quantized::encode(dtype, item.raw, None, tol, LEVEL)
+                    .map_err(|e| StorageError::corrupt(&what, e.0))?;
+                options.push(Encoding {
+                    codec: Codec::Quantized,
+                    bytes: Some(q.bytes),
+                    base: None,
+                });
+            }
+            if let Some(base) = base_bytes.filter(|_| with_base.is_some_and(worth)) {
                 let q = quantized::encode(dtype, item.raw, Some(base), tol, LEVEL)
                     .map_err(|e| StorageError::corrupt(&what, e.0))?;
                 options.push(Encoding {

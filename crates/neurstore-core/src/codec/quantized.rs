@@ -461,9 +461,11 @@ pub fn max_abs_error(dtype: DType, original: &[u8], reconstructed: &[u8]) -> f64
     {
         return f64::INFINITY;
     }
-    (0..original.len() / size)
-        .map(|i| {
-            let (x, y) = (load(dtype, original, i), load(dtype, reconstructed, i));
+    with_elem!(dtype, E => original
+        .chunks_exact(E::SIZE)
+        .zip(reconstructed.chunks_exact(E::SIZE))
+        .map(|(a, b)| {
+            let (x, y) = (E::get(a), E::get(b));
             if x.is_finite() && y.is_finite() {
                 (x - y).abs()
             } else if (x.is_nan() && y.is_nan()) || x == y {
@@ -472,7 +474,42 @@ pub fn max_abs_error(dtype: DType, original: &[u8], reconstructed: &[u8]) -> f64
                 f64::INFINITY
             }
         })
-        .fold(0.0, f64::max)
+        .fold(0.0, f64::max))
+}
+
+/// Estimated encoded size in bytes of [`encode`] with this base and tolerance, from the
+/// order-0 entropy of the codes of about 8,192 evenly strided elements. Used to skip encodings
+/// that cannot win; never to decide between close ones.
+pub fn estimate(dtype: DType, target: &[u8], base: Option<&[u8]>, tol: f64) -> f64 {
+    let size = (dtype.bits() / 8) as usize;
+    if !supports(dtype) || target.is_empty() || !(tol > 0.0) {
+        return target.len() as f64;
+    }
+    let n = target.len() / size;
+    let stride = (n / 8192).max(1);
+    let step = 2.0 * tol;
+    let mut counts: std::collections::HashMap<i64, u32> = std::collections::HashMap::new();
+    let mut sampled = 0u32;
+    for i in (0..n).step_by(stride) {
+        let t = load(dtype, target, i);
+        let b = base.map_or(0.0, |b| load(dtype, b, i));
+        let x = (t - b) / step;
+        let code = if x.abs() <= MAX_CODE as f64 {
+            (x + 0.5f64.copysign(x)) as i64
+        } else {
+            i64::MAX
+        };
+        *counts.entry(code).or_default() += 1;
+        sampled += 1;
+    }
+    let entropy: f64 = counts
+        .values()
+        .map(|&c| {
+            let p = c as f64 / sampled as f64;
+            -p * p.log2()
+        })
+        .sum();
+    n as f64 * entropy / 8.0
 }
 
 /// Root mean square of the finite elements (0 for an empty tensor).
