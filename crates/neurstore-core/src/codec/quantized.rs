@@ -482,7 +482,7 @@ pub fn max_abs_error(dtype: DType, original: &[u8], reconstructed: &[u8]) -> f64
 /// that cannot win; never to decide between close ones.
 pub fn estimate(dtype: DType, target: &[u8], base: Option<&[u8]>, tol: f64) -> f64 {
     let size = (dtype.bits() / 8) as usize;
-    if !supports(dtype) || target.is_empty() || !(tol > 0.0) {
+    if !supports(dtype) || target.is_empty() || tol.is_nan() || tol <= 0.0 {
         return target.len() as f64;
     }
     let n = target.len() / size;
