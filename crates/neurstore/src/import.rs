@@ -39,6 +39,8 @@ pub enum FileBytes {
     Mapped(Mmap),
     /// A zero-length file.
     Empty,
+    /// Bytes assembled in memory.
+    Owned(Vec<u8>),
 }
 
 impl std::ops::Deref for FileBytes {
@@ -47,6 +49,7 @@ impl std::ops::Deref for FileBytes {
         match self {
             FileBytes::Mapped(m) => m,
             FileBytes::Empty => &[],
+            FileBytes::Owned(v) => v,
         }
     }
 }
@@ -231,4 +234,53 @@ fn check_shard_index(index: &SourceFile, files: &[SourceFile]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Builds a one-file model from tensors in memory: a safetensors file assembled in memory and
+/// validated by the same parser as files from disk.
+pub fn from_tensors(
+    tensors: &[crate::put::TensorInput],
+    metadata: Option<&BTreeMap<String, String>>,
+) -> Result<SourceModel> {
+    let path = Path::new("model.safetensors");
+    let spec: Vec<_> = tensors
+        .iter()
+        .map(|t| (t.name.to_string(), t.dtype, t.shape.to_vec()))
+        .collect();
+    let (header, infos) =
+        safetensors::build_header(&spec, metadata).map_err(|source| Error::BadSafetensors {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let data_len: u64 = infos.last().map_or(0, |t| t.end);
+    let mut bytes = Vec::with_capacity(8 + header.len() + data_len as usize);
+    bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&header);
+    for (t, info) in tensors.iter().zip(&infos) {
+        if t.data.len() as u64 != info.byte_len() {
+            return Err(Error::invalid(
+                path,
+                format!(
+                    "tensor {:?}: {} bytes given, dtype and shape need {}",
+                    t.name,
+                    t.data.len(),
+                    info.byte_len()
+                ),
+            ));
+        }
+        bytes.extend_from_slice(t.data);
+    }
+    let header = safetensors::parse(&bytes).map_err(|source| Error::BadSafetensors {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(SourceModel {
+        format: "safetensors",
+        files: vec![SourceFile {
+            rel_path: "model.safetensors".to_string(),
+            disk_path: path.to_path_buf(),
+            bytes: FileBytes::Owned(bytes),
+            header: Some(header),
+        }],
+    })
 }

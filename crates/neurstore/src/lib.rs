@@ -49,7 +49,7 @@ pub use inspect::{FileInfo, KindStats, ModelInfo, ModelSummary, Stats, TensorInf
 pub use neurstore_core::dtype::DType;
 pub use neurstore_storage::{GcReport, RecoveryReport, StorageError};
 pub use progress::{NoProgress, Progress};
-pub use put::{BaseChoice, Mode, PutOptions, PutReport, TensorReport};
+pub use put::{BaseChoice, Mode, PutOptions, PutReport, TensorInput, TensorReport};
 
 use neurstore_storage::{Engine, EngineOptions};
 

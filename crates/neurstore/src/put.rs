@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::time::Instant;
 
+use neurstore_core::dtype::DType;
 use neurstore_core::key::{Digest, checksum, file_key, tensor_key};
 use neurstore_core::sketch;
 use neurstore_storage::StorageError;
@@ -27,6 +28,19 @@ use crate::{Store, validate_name};
 const BATCH_BYTES: u64 = 64 << 20;
 /// Candidates the similarity index proposes per tensor, re-ranked exactly.
 const CANDIDATES: usize = 4;
+
+/// A tensor given in memory to [`Store::put_tensors`].
+#[derive(Debug, Clone, Copy)]
+pub struct TensorInput<'a> {
+    /// Tensor name (unique within the model).
+    pub name: &'a str,
+    /// Element type.
+    pub dtype: DType,
+    /// Shape.
+    pub shape: &'a [u64],
+    /// Little-endian element bytes; the length must match dtype and shape.
+    pub data: &'a [u8],
+}
 
 /// How tensor values are kept.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -206,14 +220,44 @@ impl Store {
         options: &PutOptions,
         progress: &dyn Progress,
     ) -> Result<PutReport> {
+        self.check_put(name, options)?;
+        let source = read_source(path)?;
+        self.put_source(name, &source, options, progress)
+    }
+
+    /// Imports tensors held in memory as model `name`, stored as one safetensors file
+    /// `model.safetensors` (tensors in the given order, `metadata` as its `__metadata__`).
+    pub fn put_tensors(
+        &self,
+        name: &str,
+        tensors: &[TensorInput],
+        metadata: Option<&BTreeMap<String, String>>,
+        options: &PutOptions,
+        progress: &dyn Progress,
+    ) -> Result<PutReport> {
+        self.check_put(name, options)?;
+        let source = crate::import::from_tensors(tensors, metadata)?;
+        self.put_source(name, &source, options, progress)
+    }
+
+    fn check_put(&self, name: &str, options: &PutOptions) -> Result<()> {
         validate_name(name)?;
         check_options(options)?;
         if self.engine.read(|q| q.model(name))?.is_some() {
             return Err(StorageError::ModelExists(name.to_string()).into());
         }
+        Ok(())
+    }
+
+    fn put_source(
+        &self,
+        name: &str,
+        source: &SourceModel,
+        options: &PutOptions,
+        progress: &dyn Progress,
+    ) -> Result<PutReport> {
         let base_tensors = self.base_tensors(&options.base)?;
-        let source = read_source(path)?;
-        let mut items = items_of(&source);
+        let mut items = items_of(source);
         for item in &mut items {
             item.set_mode(options.mode);
         }
