@@ -418,7 +418,7 @@ impl Store {
         let mut report = self.put_report(
             name,
             options,
-            &source,
+            source,
             &items,
             &existing,
             &plans,
