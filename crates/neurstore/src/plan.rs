@@ -100,8 +100,10 @@ pub(crate) struct BaseRef {
 /// How a new object will be stored.
 pub(crate) struct Plan {
     pub codec: Codec,
-    /// Encoded bytes, or `None` to store the raw bytes as they are.
+    /// Encoded bytes, or `None` to store the raw bytes as they are (or once written).
     pub bytes: Option<Vec<u8>>,
+    /// Length of the stored blob.
+    pub stored_len: u64,
     pub base: Option<BaseRef>,
     pub chain_depth: u32,
     pub tolerance: Option<f64>,
@@ -135,6 +137,7 @@ pub(crate) fn plan_item(store: &Store, item: &Item, candidates: &[&ObjectRow]) -
         let enc = codec::encode_file(item.raw);
         return Ok(Plan {
             codec: enc.codec,
+            stored_len: enc.bytes.as_ref().map_or(item.raw.len(), Vec::len) as u64,
             bytes: enc.bytes,
             base: None,
             chain_depth: 0,
@@ -272,6 +275,7 @@ pub(crate) fn plan_item(store: &Store, item: &Item, candidates: &[&ObjectRow]) -
     };
     Ok(Plan {
         codec: chosen.codec,
+        stored_len: chosen.len(item.raw) as u64,
         bytes: chosen.bytes,
         base: base_row.map(|r| BaseRef { id: r.id }),
         chain_depth: base_row.map_or(0, |r| r.chain_depth + 1),

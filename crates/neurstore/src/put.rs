@@ -281,14 +281,11 @@ impl Store {
                 .into_iter()
                 .find(|k| existing.contains_key(k))
         };
-        let mut first_of: BTreeMap<usize, ()> = BTreeMap::new();
+        // The first item of each content the store lacks.
         let mut seen: HashSet<Digest> = HashSet::new();
-        for (i, item) in items.iter().enumerate() {
-            if stored_as(item).is_none() && seen.insert(item.store_key) {
-                first_of.insert(i, ());
-            }
-        }
-        let missing: Vec<usize> = first_of.into_keys().collect();
+        let missing: Vec<usize> = (0..items.len())
+            .filter(|&i| stored_as(&items[i]).is_none() && seen.insert(items[i].store_key))
+            .collect();
 
         // Candidate bases: paired by name first, else from the similarity index.
         let search_started = Instant::now();
@@ -306,7 +303,8 @@ impl Store {
                     match base_tensors.get(&item.name) {
                         Some(row)
                             if row.kind == (ObjectKind::Tensor { dtype })
-                                && row.shape == item.shape =>
+                                && row.shape == item.shape
+                                && row.chain_depth < options.max_chain_depth =>
                         {
                             candidates.insert(i, vec![row.id]);
                             false
@@ -371,7 +369,7 @@ impl Store {
                     plan
                 })
                 .collect::<Result<_>>()?;
-            for (&i, plan) in batch.iter().zip(planned) {
+            for (&i, mut plan) in batch.iter().zip(planned) {
                 let item = &items[i];
                 let new_object = match session.as_mut() {
                     Some(session) => {
@@ -401,6 +399,8 @@ impl Store {
                     }
                     None => None,
                 };
+                // Written: keep only the length (bounds memory to one batch).
+                plan.bytes = None;
                 plans.insert(item.store_key, (plan, new_object));
             }
         }
@@ -543,7 +543,7 @@ impl Store {
             let plan = plans.get(&item.store_key).map(|(p, _)| p);
             let fresh = plan.is_some() && written.insert(item.store_key);
             let stored = match (plan, fresh) {
-                (Some(p), true) => p.stored_bytes(item.raw).len() as u64,
+                (Some(p), true) => p.stored_len,
                 _ => 0,
             };
             stored_bytes_added += stored;
