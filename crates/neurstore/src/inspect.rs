@@ -146,6 +146,15 @@ pub struct VerifyReport {
     pub problems: Vec<String>,
 }
 
+/// "model/tensor" of a base object, or its id when no model uses it any more (its model was
+/// removed while deltas still need it).
+pub(crate) fn base_label(q: &impl Queries, object_id: i64) -> neurstore_storage::Result<String> {
+    Ok(match q.first_user(object_id)? {
+        Some((model, tensor)) => format!("{model}/{tensor}"),
+        None => format!("object {object_id} (its models were removed)"),
+    })
+}
+
 impl Store {
     /// All models, by name.
     pub fn list(&self) -> Result<Vec<ModelSummary>> {
@@ -171,10 +180,8 @@ impl Store {
             let tensors = q.model_tensors(model.id)?;
             let mut base_names: HashMap<i64, String> = HashMap::new();
             for b in tensors.iter().filter_map(|t| t.object.base) {
-                if let std::collections::hash_map::Entry::Vacant(slot) = base_names.entry(b)
-                    && let Some((m, t)) = q.first_user(b)?
-                {
-                    slot.insert(format!("{m}/{t}"));
+                if let std::collections::hash_map::Entry::Vacant(slot) = base_names.entry(b) {
+                    slot.insert(base_label(q, b)?);
                 }
             }
             let mut uses: HashMap<i64, (i64, &ObjectRow)> = HashMap::new();

@@ -528,10 +528,8 @@ impl Store {
         let base_names: HashMap<i64, String> = self.engine.read(|q| {
             let mut names = HashMap::new();
             for (plan, _) in plans.values() {
-                if let Some(base) = &plan.base
-                    && let Some((m, t)) = q.first_user(base.id)?
-                {
-                    names.insert(base.id, format!("{m}/{t}"));
+                if let Some(base) = &plan.base {
+                    names.insert(base.id, crate::inspect::base_label(q, base.id)?);
                 }
             }
             Ok(names)
