@@ -2,7 +2,8 @@
 //! implementation. Fault-injecting and object-store backends implement the same traits.
 //!
 //! **Invariant:** the engine touches pack files only through [`Backend`] and [`StorageFile`].
-//! (The SQLite catalog and the lock file do their own I/O.)
+//! (The SQLite catalog and the lock file do their own I/O; the catalog's commit point is made
+//! visible to a backend through [`Backend::barrier`].)
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -22,6 +23,16 @@ pub trait Backend: Send + Sync {
     fn list(&self) -> io::Result<Vec<String>>;
     /// Makes creations and removals durable.
     fn sync_dir(&self) -> io::Result<()>;
+    /// Called right before the catalog transaction that publishes a write commits, after every
+    /// pack file it names was synced. An error aborts the write: the transaction is dropped
+    /// (nothing is published) and the writer refuses further writes until reopened.
+    ///
+    /// The catalog is SQLite's own I/O, outside this trait; the barrier lets a backend order
+    /// the commit among its own operations (the fault-injecting backend counts it as one, so a
+    /// simulated crash falls either before the commit or after it).
+    fn barrier(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// One open file.

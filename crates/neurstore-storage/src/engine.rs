@@ -247,8 +247,8 @@ impl Engine {
                     TensorIndex::build(generation, &self.read(|q| q.sketches_after(0))?)
                 }
             };
-            if changed && self.writer.is_some() {
-                self.persist_index(&index)?;
+            if changed {
+                self.persist_index_as_writer(&index)?;
             }
             *slot = Some(index);
         }
@@ -267,6 +267,29 @@ impl Engine {
         let mut bytes = vec![0u8; len];
         file.read_at(&mut bytes, 0).ok()?;
         TensorIndex::decode(&bytes).ok()
+    }
+
+    /// Persists the index when this engine is a writer that may still write. A latched writer
+    /// writes nothing, derived data included, and a failed write latches it like any other
+    /// (docs/format.md, commit protocol). While a write session holds the writer state, the
+    /// file is left as it is; it is rebuilt or extended when next needed.
+    fn persist_index_as_writer(&self, index: &TensorIndex) -> Result<()> {
+        let Some(writer) = &self.writer else {
+            return Ok(());
+        };
+        let mut state = match writer.try_lock() {
+            Ok(state) => state,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+        };
+        if state.poisoned {
+            return Ok(());
+        }
+        let result = self.persist_index(index);
+        if result.is_err() {
+            state.poisoned = true;
+        }
+        result
     }
 
     /// Writes the index beside the packs: a temporary file renamed over the old one. The index
@@ -529,6 +552,10 @@ impl WriteSession<'_> {
             }
         }
         publish(&tx)?;
+        // An error drops `tx` uncommitted; `commit` latches the writer.
+        backend
+            .barrier()
+            .map_err(|e| StorageError::io("the catalog commit barrier", e))?;
         tx.commit()?;
         for appender in self.sealed.iter_mut().chain(self.current.as_mut()) {
             appender.mark_committed();
@@ -767,6 +794,54 @@ mod tests {
             }
             self.inner.sync()
         }
+    }
+
+    fn fault_writer(root: &Path, disk: &crate::fault::FaultBackend) -> Engine {
+        let options = EngineOptions {
+            write: true,
+            max_pack_len: DEFAULT_MAX_PACK_LEN,
+            backend: Some(Arc::new(disk.clone())),
+        };
+        Engine::open(root, options).unwrap().0
+    }
+
+    #[test]
+    fn failed_barrier_publishes_nothing_and_latches() {
+        use crate::fault::{Fault, FaultBackend, OpKind};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("s");
+        Engine::init(&root).unwrap();
+        let disk = FaultBackend::new();
+        let engine = fault_writer(&root, &disk);
+        put(&engine, "a", &[1u8; 100]);
+        disk.inject(Fault {
+            only: Some(OpKind::Barrier),
+            ..Fault::once(1)
+        });
+        let mut s = engine.begin_write().unwrap();
+        s.append(&[2u8; 100]).unwrap();
+        assert!(s.commit(|tx| tx.delete_model("a").map(|_| ())).is_err());
+        assert!(matches!(engine.begin_write(), Err(StorageError::Poisoned)));
+        drop(engine);
+        let engine = fault_writer(&root, &disk.current_image());
+        assert_eq!(engine.read(|q| q.models()).unwrap().len(), 1);
+        assert_eq!(engine.pack_file_len(1).unwrap(), 100);
+    }
+
+    #[test]
+    fn failed_index_write_latches_and_a_latched_writer_writes_no_index() {
+        use crate::fault::{Fault, FaultBackend};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("s");
+        Engine::init(&root).unwrap();
+        let disk = FaultBackend::new();
+        disk.inject(Fault::once(0)); // creating index.hnsw.tmp
+        let engine = fault_writer(&root, &disk);
+        assert!(engine.with_index(|_| ()).is_err());
+        assert!(matches!(engine.begin_write(), Err(StorageError::Poisoned)));
+        // The disk is healthy again, but the writer stays latched and writes nothing.
+        assert!(engine.with_index(|i| i.len()).is_ok());
+        assert!(disk.names().is_empty(), "{:?}", disk.names());
     }
 
     #[test]

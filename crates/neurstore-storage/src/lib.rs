@@ -16,6 +16,7 @@ pub mod backend;
 pub mod catalog;
 pub mod engine;
 pub mod error;
+pub mod fault;
 pub mod index;
 pub mod lock;
 pub mod pack;

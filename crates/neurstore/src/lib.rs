@@ -69,6 +69,9 @@ pub struct StoreOptions {
     pub max_pack_len: Option<u64>,
     /// Bytes of decoded base tensors kept in memory for reuse (default 1 GiB).
     pub base_cache_bytes: Option<u64>,
+    /// I/O backend for pack files (default: the store's `packs/` directory). Tests pass a
+    /// fault-injecting one; the catalog stays in `root` whatever the backend.
+    pub backend: Option<std::sync::Arc<dyn neurstore_storage::backend::Backend>>,
 }
 
 /// What `rm` did.
@@ -106,6 +109,7 @@ impl Store {
     pub fn open_with(root: &Path, options: StoreOptions) -> Result<Store> {
         let mut engine_options = EngineOptions {
             write: options.write,
+            backend: options.backend,
             ..Default::default()
         };
         if let Some(len) = options.max_pack_len {
