@@ -52,7 +52,7 @@ pub fn encode_with(raw: &[u8], plane_width: usize, rotate_sign: bool, level: i32
             let rotated;
             let chunk = if rotate {
                 let mut copy = chunk.to_vec();
-                rotate_words(&mut copy, w, Direction::Left);
+                rotate_words_left(&mut copy, w);
                 rotated = copy;
                 &rotated[..]
             } else {
@@ -100,36 +100,61 @@ pub fn decode_into(stored: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
         .zip(layout.chunks.par_iter())
         .try_for_each(|(dst, planes)| {
             let plane_len = dst.len() / w;
-            let mut scratch = vec![0u8; if w == 1 { 0 } else { dst.len() }];
-            for (k, &(mode, start, len)) in planes.iter().enumerate() {
-                let src = &stored[start..start + len];
-                let target: &mut [u8] = if w == 1 {
-                    &mut *dst
-                } else {
-                    &mut scratch[k * plane_len..(k + 1) * plane_len]
-                };
-                match mode {
-                    0 if len == plane_len => target.copy_from_slice(src),
-                    0 => return Err(CodecError::corrupt("raw plane length disagrees with chunk")),
-                    _ => {
-                        let n = zstd::bulk::decompress_to_buffer(src, target)
-                            .map_err(|e| CodecError::corrupt(format!("zstd plane: {e}")))?;
-                        if n != plane_len {
-                            return Err(CodecError::corrupt(
-                                "zstd plane decoded to the wrong length",
-                            ));
-                        }
-                    }
+            if w == 1 {
+                let &(mode, start, len) = &planes[0];
+                return decode_plane(mode, &stored[start..start + len], dst);
+            }
+            // zstd planes are decoded into scratch; raw planes are merged straight from the blob.
+            let mut scratch = vec![0u8; dst.len()];
+            for (k, (&(mode, start, len), target)) in planes
+                .iter()
+                .zip(scratch.chunks_exact_mut(plane_len))
+                .enumerate()
+            {
+                if mode != 0 {
+                    decode_plane(mode, &stored[start..start + len], target)?;
+                } else if len != plane_len {
+                    return Err(CodecError::corrupt(format!(
+                        "raw plane {k} length disagrees with chunk"
+                    )));
                 }
             }
-            if w > 1 {
-                merge_planes(&scratch, dst, w);
-            }
-            if layout.rotated {
-                rotate_words(dst, w, Direction::Right);
-            }
+            let sources: Vec<&[u8]> = planes
+                .iter()
+                .zip(scratch.chunks_exact(plane_len))
+                .map(|(&(mode, start, len), decoded)| {
+                    if mode == 0 {
+                        &stored[start..start + len]
+                    } else {
+                        decoded
+                    }
+                })
+                .collect();
+            merge_planes(&sources, dst, w, layout.rotated);
             Ok(())
         })
+}
+
+/// Decodes one plane payload into `target` (whose length is the plane's).
+fn decode_plane(mode: u8, src: &[u8], target: &mut [u8]) -> Result<(), CodecError> {
+    match mode {
+        0 if src.len() == target.len() => {
+            target.copy_from_slice(src);
+            Ok(())
+        }
+        0 => Err(CodecError::corrupt("raw plane length disagrees with chunk")),
+        _ => {
+            let n = zstd::bulk::decompress_to_buffer(src, target)
+                .map_err(|e| CodecError::corrupt(format!("zstd plane: {e}")))?;
+            if n == target.len() {
+                Ok(())
+            } else {
+                Err(CodecError::corrupt(
+                    "zstd plane decoded to the wrong length",
+                ))
+            }
+        }
+    }
 }
 
 /// Validated positions of every plane payload.
@@ -236,23 +261,14 @@ fn looks_random(plane: &[u8]) -> bool {
     entropy > 7.9
 }
 
-#[derive(Clone, Copy)]
-enum Direction {
-    Left,
-    Right,
-}
-
-/// Rotates every little-endian `w`-byte word of `bytes` by one bit.
-fn rotate_words(bytes: &mut [u8], w: usize, dir: Direction) {
+/// Rotates every little-endian `w`-byte word of `bytes` left by one bit (the encoder's side;
+/// the decoder undoes it while merging planes).
+fn rotate_words_left(bytes: &mut [u8], w: usize) {
     macro_rules! rotate {
         ($t:ty, $n:expr) => {
             for word in bytes.chunks_exact_mut($n) {
                 let x = <$t>::from_le_bytes(word.try_into().unwrap());
-                let y = match dir {
-                    Direction::Left => x.rotate_left(1),
-                    Direction::Right => x.rotate_right(1),
-                };
-                word.copy_from_slice(&y.to_le_bytes());
+                word.copy_from_slice(&x.rotate_left(1).to_le_bytes());
             }
         };
     }
@@ -286,22 +302,26 @@ fn split_fixed<const W: usize>(chunk: &[u8], planes: &mut [Vec<u8>]) {
     }
 }
 
-/// Interleaves `w` planes held back to back in `planes` into `dst`.
-fn merge_planes(planes: &[u8], dst: &mut [u8], w: usize) {
-    let n = dst.len() / w;
-    match w {
-        2 => merge_fixed::<2>(planes, dst, n),
-        4 => merge_fixed::<4>(planes, dst, n),
-        _ => merge_fixed::<8>(planes, dst, n),
+/// Interleaves `w` planes (each `dst.len() / w` bytes) into `dst`, undoing the sign rotation
+/// on the way when `rotated`.
+fn merge_planes(planes: &[&[u8]], dst: &mut [u8], w: usize, rotated: bool) {
+    // One pass, iterators only (no indexing), so the loops compile without bounds checks.
+    macro_rules! merge {
+        ($t:ty, $n:expr) => {{
+            let planes: [&[u8]; $n] = std::array::from_fn(|k| planes[k]);
+            let mut iters = planes.map(|p| p.iter());
+            for elem in dst.chunks_exact_mut($n) {
+                let bytes: [u8; $n] = std::array::from_fn(|k| *iters[k].next().unwrap_or(&0));
+                let word = <$t>::from_le_bytes(bytes);
+                let word = if rotated { word.rotate_right(1) } else { word };
+                elem.copy_from_slice(&word.to_le_bytes());
+            }
+        }};
     }
-}
-
-fn merge_fixed<const W: usize>(planes: &[u8], dst: &mut [u8], n: usize) {
-    let planes: [&[u8]; W] = std::array::from_fn(|k| &planes[k * n..(k + 1) * n]);
-    for (i, elem) in dst.chunks_exact_mut(W).enumerate() {
-        for k in 0..W {
-            elem[k] = planes[k][i];
-        }
+    match w {
+        2 => merge!(u16, 2),
+        4 => merge!(u32, 4),
+        _ => merge!(u64, 8),
     }
 }
 
