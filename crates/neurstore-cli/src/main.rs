@@ -55,7 +55,7 @@ enum Command {
         /// tensors are paired by name first.
         #[arg(long, value_name = "NAME|auto|none", default_value = "auto")]
         base: String,
-        /// Longest chain of deltas a tensor may end.
+        /// Longest chain of deltas a tensor may end (1 to 64).
         #[arg(long, value_name = "N", default_value_t = 2)]
         max_chain_depth: u32,
         /// Report ratio, bits per weight and max error per tensor without writing anything.

@@ -277,6 +277,29 @@ pub trait Queries {
         Ok(out)
     }
 
+    /// Checks a model's files and tensors, as read, against the manifest sealed when it was
+    /// written (a model written before schema 2 has none and is not checked).
+    fn check_manifest(
+        &self,
+        model: &ModelRow,
+        files: &[FileRow],
+        tensors: &[TensorRow],
+    ) -> Result<()> {
+        let recorded: Option<Vec<u8>> = self.conn().query_row(
+            "SELECT manifest FROM models WHERE model_id = ?1",
+            [model.id],
+            |r| r.get(0),
+        )?;
+        match recorded {
+            None => Ok(()),
+            Some(d) if d[..] == manifest(model, files, tensors)[..] => Ok(()),
+            Some(_) => Err(StorageError::corrupt(
+                format!("model {:?}", model.name),
+                "its files and tensors in the catalog disagree with the manifest recorded when it was stored",
+            )),
+        }
+    }
+
     /// The object with this content key, if stored.
     fn object_by_key(&self, key: &Digest) -> Result<Option<ObjectRow>> {
         let sql = format!("SELECT {OBJECT_COLUMNS} FROM objects o WHERE o.content_key = ?1");
@@ -557,6 +580,25 @@ impl WriteTxn<'_> {
         Ok(self.tx.last_insert_rowid())
     }
 
+    /// Records a model's manifest, once its files and tensors are inserted.
+    pub fn seal_model(&self, model_id: i64) -> Result<()> {
+        let model = self.tx.query_row(
+            &format!("SELECT {MODEL_COLUMNS} FROM models WHERE model_id = ?1"),
+            [model_id],
+            model_row,
+        )?;
+        let digest = manifest(
+            &model,
+            &self.model_files(model_id)?,
+            &self.model_tensors(model_id)?,
+        );
+        self.tx.execute(
+            "UPDATE models SET manifest = ?2 WHERE model_id = ?1",
+            params![model_id, &digest[..]],
+        )?;
+        Ok(())
+    }
+
     /// Adds a file to a model and references its object.
     pub fn insert_model_file(
         &self,
@@ -653,6 +695,38 @@ impl WriteTxn<'_> {
         }
         Ok(deleted)
     }
+}
+
+/// A model's manifest: BLAKE3 of `"neurstore/manifest/v1\0"`, its name and source format, then
+/// each file (path, kind, content key) in path order and each tensor (path, position, name,
+/// content key) in file and position order; strings are prefixed by their u64 length. It binds
+/// what a read rebuilds to what was stored, which SQLite (no page checksums) cannot.
+pub fn manifest(model: &ModelRow, files: &[FileRow], tensors: &[TensorRow]) -> Digest {
+    fn text(h: &mut blake3::Hasher, s: &str) {
+        h.update(&(s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    }
+    let mut h = blake3::Hasher::new();
+    h.update(b"neurstore/manifest/v1\0");
+    text(&mut h, &model.name);
+    text(&mut h, &model.source_format);
+    h.update(&(files.len() as u64).to_le_bytes());
+    for f in files {
+        text(&mut h, &f.path);
+        h.update(&[match f.kind {
+            FileKind::Safetensors => 0,
+            FileKind::Plain => 1,
+        }]);
+        h.update(&f.object.key);
+    }
+    h.update(&(tensors.len() as u64).to_le_bytes());
+    for t in tensors {
+        text(&mut h, &t.path);
+        h.update(&t.position.to_le_bytes());
+        text(&mut h, &t.name);
+        h.update(&t.object.key);
+    }
+    *h.finalize().as_bytes()
 }
 
 fn model_row(r: &Row) -> rusqlite::Result<ModelRow> {

@@ -137,9 +137,9 @@ impl TensorIndex {
         if &body[..8] != MAGIC {
             return Err("not an index file".into());
         }
-        let mut pos = 8;
+        let mut pos = 8usize;
         let mut take = |n: usize| -> Result<&[u8], String> {
-            let end = pos + n;
+            let end = pos.checked_add(n).ok_or("index truncated")?;
             let s = body.get(pos..end).ok_or("index truncated")?;
             pos = end;
             Ok(s)
@@ -194,5 +194,21 @@ mod tests {
         bad[20] ^= 1;
         assert!(TensorIndex::decode(&bad).is_err());
         assert!(TensorIndex::decode(&bytes[..30]).is_err());
+    }
+
+    #[test]
+    fn a_graph_length_of_2_64_minus_1_is_an_error() {
+        let idx = TensorIndex::build(1, &[(1, DType::F32, 10, vec![0.0; SKETCH_DIM])]);
+        let mut bytes = idx.encode();
+        let body = bytes.len() - 32;
+        // The graph length of the one bucket: after magic, generation, last id, count, name.
+        let at = 8 + 8 + 8 + 4 + 1 + 3 + 8;
+        bytes[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        let sum = *blake3::hash(&bytes[..body]).as_bytes();
+        bytes[body..].copy_from_slice(&sum);
+        assert_eq!(
+            TensorIndex::decode(&bytes),
+            Err("index truncated".to_string())
+        );
     }
 }

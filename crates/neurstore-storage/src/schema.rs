@@ -70,6 +70,11 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX model_tensors_by_object ON model_tensors (object_id);
     "#,
+    // v2: each model's manifest, a digest of its name, format, files and tensors (NULL for
+    // models written before), checked on every read.
+    r#"
+    ALTER TABLE models ADD COLUMN manifest BLOB CHECK (manifest IS NULL OR length(manifest) = 32);
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -87,11 +92,46 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
     if found == SCHEMA_VERSION {
         return Ok(());
     }
-    let tx = conn.transaction()?;
+    // Under the write lock, and from the version read there: two processes opening an old
+    // catalog at once must not both run its migrations.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     for (version, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", version as i64 + 1)?;
     }
     tx.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_a_version_1_catalog_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        let mut old = Connection::open(&path).unwrap();
+        old.execute_batch(MIGRATIONS[0]).unwrap();
+        old.pragma_update(None, "user_version", 1).unwrap();
+        old.execute(
+            "INSERT INTO models (name, created_unix, source_format, metadata, raw_bytes, mode) \
+             VALUES ('m', 0, 'safetensors', '{}', 0, 'lossless')",
+            [],
+        )
+        .unwrap();
+        // Another connection opening it afterwards finds nothing left to do.
+        let mut late = Connection::open(&path).unwrap();
+        migrate(&mut old).unwrap();
+        migrate(&mut late).unwrap();
+        let (version, manifest): (i64, Option<Vec<u8>>) = late
+            .query_row(
+                "SELECT (SELECT user_version FROM pragma_user_version), manifest FROM models",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((version, manifest), (SCHEMA_VERSION, None));
+    }
 }

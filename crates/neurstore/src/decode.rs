@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use neurstore_core::codec::{self, Codec};
 use neurstore_core::dtype::DType;
+use neurstore_core::key::{file_key, tensor_key};
 use neurstore_storage::StorageError;
 use neurstore_storage::catalog::{ObjectKind, ObjectRow, Queries};
 
@@ -14,7 +15,7 @@ use crate::error::Result;
 use crate::export::TensorData;
 
 /// Longest base chain followed before the data is declared corrupt (a cycle, say). Writers keep
-/// chains far shorter (`PutOptions::max_chain_depth`).
+/// chains within it (`PutOptions::max_chain_depth` is at most this).
 pub(crate) const MAX_CHAIN: u32 = 64;
 
 /// Decoded base objects, evicted oldest first past a byte budget.
@@ -87,7 +88,12 @@ impl Store {
             Some(base_id) => Some(self.base_bytes(base_id, what, depth + 1)?),
             None => None,
         };
-        let mut out = vec![0u8; object.raw_len as usize];
+        let mut out = zeroed(object.raw_len).ok_or_else(|| {
+            StorageError::io(
+                format!("{what}: decoding {} bytes", object.raw_len),
+                std::io::ErrorKind::OutOfMemory.into(),
+            )
+        })?;
         codec::decode_with_base(
             object.codec,
             dtype_of(object),
@@ -96,6 +102,24 @@ impl Store {
             &mut out,
         )
         .map_err(|e| StorageError::corrupt(what, format!("cannot decode: {e}")))?;
+        // The stored checksum does not cover which base a blob is decoded against: check the
+        // result against its key, so a damaged base reference is never served.
+        if object.base.is_some() {
+            let key = match object.kind {
+                ObjectKind::Tensor { dtype } => tensor_key(dtype, &object.shape, &out),
+                ObjectKind::File => file_key(&out),
+            };
+            if key != object.decoded_key {
+                return Err(StorageError::corrupt(
+                    what,
+                    format!(
+                        "decoded content does not match its key (decoded against base object {})",
+                        object.base.unwrap_or_default()
+                    ),
+                )
+                .into());
+            }
+        }
         Ok(TensorData::Decoded(out))
     }
 
@@ -126,6 +150,25 @@ impl Store {
     }
 }
 
+/// A zeroed buffer of `len` bytes, or `None` when it cannot be allocated (a length from the
+/// catalog too large for this machine, damaged or not): an error for the caller rather than the
+/// abort of `vec![0; len]`. Like `vec![0; len]`, it takes zeroed pages from the allocator
+/// instead of writing zeros, so a decoder writing every byte touches each page once.
+fn zeroed(len: u64) -> Option<Vec<u8>> {
+    let len = usize::try_from(len).ok()?;
+    if len == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<u8>(len).ok()?;
+    // SAFETY: the layout has a non-zero size. A non-null pointer comes from the global
+    // allocator with exactly the layout a `Vec<u8>` of capacity `len` uses, and `alloc_zeroed`
+    // initialized all `len` bytes, so the vector owns valid, initialized memory.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout);
+        (!p.is_null()).then(|| Vec::from_raw_parts(p, len, len))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +183,13 @@ mod tests {
         assert!(c.get(2).is_some() && c.get(3).is_some());
         c.put(4, Arc::new(vec![0; 11]));
         assert!(c.get(4).is_none());
+    }
+
+    #[test]
+    fn impossible_buffers_are_refused_not_aborted() {
+        assert_eq!(zeroed(0), Some(Vec::new()));
+        assert_eq!(zeroed(3), Some(vec![0; 3]));
+        assert!(zeroed(1 << 62).is_none());
+        assert!(zeroed(u64::MAX).is_none());
     }
 }

@@ -82,9 +82,12 @@ impl Store {
             let model = q
                 .model(name)?
                 .ok_or_else(|| StorageError::ModelNotFound(name.to_string()))?;
+            let files = q.model_files(model.id)?;
+            let tensors = q.model_tensors(model.id)?;
+            q.check_manifest(&model, &files, &tensors)?;
             Ok(Snapshot {
-                files: q.model_files(model.id)?,
-                tensors: q.model_tensors(model.id)?,
+                files,
+                tensors,
                 model,
             })
         })?)
@@ -112,8 +115,10 @@ impl Store {
 
     fn get_once(&self, name: &str, out: &Path, progress: &dyn Progress) -> Result<GetReport> {
         let snap = self.snapshot(name)?;
-        let total: u64 =
-            snap.files.iter().map(|f| f.object.raw_len).sum::<u64>() + snap.model.raw_bytes;
+        // A progress total only: saturating, so damaged lengths cannot overflow it.
+        let total = snap.files.iter().fold(snap.model.raw_bytes, |n, f| {
+            n.saturating_add(f.object.raw_len)
+        });
         progress.start("writing", total);
         let mut bytes_written = 0;
         let tmp = temp_sibling(out)?;
@@ -205,6 +210,7 @@ impl Store {
     pub fn load(&self, name: &str) -> Result<Vec<LoadedTensor>> {
         self.with_retry(|| {
             let snap = self.snapshot(name)?;
+            self.check_headers(&snap)?;
             snap.tensors
                 .par_iter()
                 .map(|t| {
@@ -225,10 +231,46 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Checks every stored safetensors header of a model against the catalog's tensors, as
+    /// `get` does while writing, and that every tensor belongs to one of its files: the
+    /// catalog's names, paths, dtypes, shapes and order are what `load` returns.
+    fn check_headers(&self, snap: &Snapshot) -> Result<()> {
+        let mut listed = 0;
+        for file in snap
+            .files
+            .iter()
+            .filter(|f| f.kind == FileKind::Safetensors)
+        {
+            let what = format!("model {:?} file {:?}", snap.model.name, file.path);
+            let head = self.decode_object(&file.object, &what)?;
+            let tensors: Vec<&TensorRow> = snap
+                .tensors
+                .iter()
+                .filter(|t| t.path == file.path)
+                .collect();
+            check_header(&head, &tensors, &what)?;
+            listed += tensors.len();
+        }
+        if listed != snap.tensors.len() {
+            return Err(StorageError::corrupt(
+                format!("model {:?}", snap.model.name),
+                "a tensor belongs to no safetensors file of the model",
+            )
+            .into());
+        }
+        Ok(())
+    }
+}
+
 /// Checks that a stored header describes exactly the tensors the catalog lists, in order.
 pub(crate) fn check_header(head: &[u8], tensors: &[&TensorRow], what: &str) -> Result<()> {
-    let data_len: u64 = tensors.iter().map(|t| t.object.raw_len).sum();
-    let file_len = 8 + head.len() as u64 + data_len;
+    let file_len = tensors
+        .iter()
+        .try_fold(8 + head.len() as u64, |n, t| {
+            n.checked_add(t.object.raw_len)
+        })
+        .ok_or_else(|| StorageError::corrupt(what, "tensor lengths overflow"))?;
     let header = safetensors::parse_header(head, file_len)
         .map_err(|e| StorageError::corrupt(what, format!("stored header: {e}")))?;
     let agrees = header.tensors.len() == tensors.len()

@@ -155,6 +155,11 @@ pub(crate) fn base_label(q: &impl Queries, object_id: i64) -> neurstore_storage:
     })
 }
 
+/// Sums lengths read from the catalog, saturating, so a damaged catalog cannot overflow them.
+fn saturating_total(lens: impl IntoIterator<Item = u64>) -> u64 {
+    lens.into_iter().fold(0, u64::saturating_add)
+}
+
 impl Store {
     /// All models, by name.
     pub fn list(&self) -> Result<Vec<ModelSummary>> {
@@ -193,12 +198,12 @@ impl Store {
                 uses.entry(o.id).or_insert((0, o)).0 += 1;
             }
             let shared = |o: &ObjectRow| o.refcount > uses[&o.id].0;
-            let stored_bytes = uses.values().map(|(_, o)| o.location.len).sum();
-            let exclusive_bytes = uses
-                .values()
-                .filter(|(_, o)| !shared(o))
-                .map(|(_, o)| o.location.len)
-                .sum();
+            let stored_bytes = saturating_total(uses.values().map(|(_, o)| o.location.len));
+            let exclusive_bytes = saturating_total(
+                uses.values()
+                    .filter(|(_, o)| !shared(o))
+                    .map(|(_, o)| o.location.len),
+            );
             Ok(ModelInfo {
                 name: model.name.clone(),
                 created_unix: model.created_unix,
@@ -261,21 +266,18 @@ impl Store {
             .engine
             .read(|q| Ok((q.models()?, q.counts()?, q.objects()?, q.packs()?)))?;
         let usage = self.engine.disk_usage()?;
-        let raw_bytes: u64 = models.iter().map(|m| m.raw_bytes).sum();
+        let raw_bytes = saturating_total(models.iter().map(|m| m.raw_bytes));
         let stored_bytes = usage.pack_bytes + usage.catalog_bytes;
-        let live_object_bytes: u64 = objects.iter().map(|o| o.location.len).sum();
+        let live_object_bytes = saturating_total(objects.iter().map(|o| o.location.len));
         let mut live_by_pack: HashMap<u64, u64> = HashMap::new();
         for o in &objects {
-            *live_by_pack.entry(o.location.pack_id).or_default() +=
-                neurstore_storage::pack::align_up(o.location.len);
+            let live = live_by_pack.entry(o.location.pack_id).or_default();
+            *live = live.saturating_add(neurstore_storage::pack::align_up(o.location.len));
         }
-        let reclaimable_bytes = packs
-            .iter()
-            .map(|(id, len)| {
-                neurstore_storage::pack::align_up(*len)
-                    .saturating_sub(live_by_pack.get(id).copied().unwrap_or(0))
-            })
-            .sum();
+        let reclaimable_bytes = saturating_total(packs.iter().map(|(id, len)| {
+            neurstore_storage::pack::align_up(*len)
+                .saturating_sub(live_by_pack.get(id).copied().unwrap_or(0))
+        }));
         let mut by_kind: BTreeMap<String, KindStats> = BTreeMap::new();
         for o in &objects {
             let kind = match o.kind {
@@ -292,8 +294,8 @@ impl Store {
             };
             let entry = by_kind.entry(format!("{kind}/{class}")).or_default();
             entry.objects += 1;
-            entry.raw_bytes += o.raw_len;
-            entry.stored_bytes += o.location.len;
+            entry.raw_bytes = entry.raw_bytes.saturating_add(o.raw_len);
+            entry.stored_bytes = entry.stored_bytes.saturating_add(o.location.len);
         }
         Ok(Stats {
             models: models.len() as u64,
@@ -335,7 +337,7 @@ impl Store {
                 problems.push(e.to_string());
             }
         }
-        let total: u64 = objects.iter().map(|o| o.location.len).sum();
+        let total = saturating_total(objects.iter().map(|o| o.location.len));
         progress.start("verifying", total);
         let object_problems: Vec<String> = objects
             .par_iter()
@@ -363,9 +365,11 @@ impl Store {
         problems.extend(object_problems);
         for m in &models {
             // Decoding every header checks it against the catalog's tensors.
-            let snapshot_check = self
-                .engine
-                .read(|q| Ok((q.model_files(m.id)?, q.model_tensors(m.id)?)));
+            let snapshot_check = self.engine.read(|q| {
+                let (files, tensors) = (q.model_files(m.id)?, q.model_tensors(m.id)?);
+                q.check_manifest(m, &files, &tensors)?;
+                Ok((files, tensors))
+            });
             match snapshot_check {
                 Ok((files, tensors)) => {
                     for f in files

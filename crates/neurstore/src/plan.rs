@@ -234,10 +234,24 @@ pub(crate) fn plan_item(store: &Store, item: &Item, candidates: &[&ObjectRow]) -
             },
         );
     }
+    // A delta must save a real margin over the best standalone encoding to be taken: a few
+    // bytes of zstd noise vanish in blob alignment, while a base costs a second read and must
+    // outlive the tensor.
+    let margin = options
+        .iter()
+        .filter(|o| o.base.is_none())
+        .map(|o| (o.len(item.raw) / 32).max(64))
+        .min()
+        .unwrap_or(0);
     let chosen = options
         .into_iter()
         .enumerate()
-        .min_by_key(|(i, o)| (o.len(item.raw), *i))
+        .min_by_key(|(i, o)| {
+            (
+                o.len(item.raw) + if o.base.is_some() { margin } else { 0 },
+                *i,
+            )
+        })
         .map(|(_, o)| o)
         .expect("a bounded tensor has a quantized option, a lossless one a standalone one");
 
@@ -281,7 +295,12 @@ pub(crate) fn plan_item(store: &Store, item: &Item, candidates: &[&ObjectRow]) -
         chain_depth: base_row.map_or(0, |r| r.chain_depth + 1),
         tolerance,
         max_error,
-        decoded_key: tensor_key(dtype, &item.shape, &decoded),
+        // Lossless encodings were just checked to decode to the input: its key stands.
+        decoded_key: if tolerance.is_none() {
+            item.exact_key
+        } else {
+            tensor_key(dtype, &item.shape, &decoded)
+        },
         sketch: sketch::sketch(dtype, &decoded),
     })
 }

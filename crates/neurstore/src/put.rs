@@ -86,7 +86,8 @@ pub struct PutOptions {
     pub base: BaseChoice,
     /// Plan and report without writing anything.
     pub dry_run: bool,
-    /// Longest chain of deltas a new tensor may end (1 = deltas only against standalone bases).
+    /// Longest chain of deltas a new tensor may end (1 = deltas only against standalone bases;
+    /// at most 64, the longest chain a reader follows).
     pub max_chain_depth: u32,
 }
 
@@ -207,6 +208,11 @@ fn check_options(options: &PutOptions) -> Result<()> {
             Path::new("--max-chain-depth"),
             "must be at least 1 (use --base none to store standalone)",
         )),
+        // Readers refuse longer chains (as a cycle's symptom): never write one.
+        _ if options.max_chain_depth > crate::decode::MAX_CHAIN => Err(Error::invalid(
+            Path::new("--max-chain-depth"),
+            format!("must be at most {}", crate::decode::MAX_CHAIN),
+        )),
         _ => Ok(()),
     }
 }
@@ -320,7 +326,12 @@ impl Store {
                         let dtype = item.dtype.expect("filtered above");
                         let query = sketch::sketch(dtype, item.raw).expect("indexable");
                         let found = index.search(dtype, item.elements(), &query, CANDIDATES);
-                        candidates.insert(i, found.into_iter().map(|(id, _)| id).collect());
+                        // A candidate at least as far from the tensor as the tensor is from zero
+                        // leaves a delta with as much energy as the tensor itself: it cannot win,
+                        // so it is not worth decoding (unrelated models of equal shapes).
+                        let energy: f32 = query.iter().map(|v| v * v).sum();
+                        let useful = found.into_iter().filter(|&(_, d)| d < energy);
+                        candidates.insert(i, useful.map(|(id, _)| id).collect());
                         searched += 1;
                     }
                 })?;
@@ -477,7 +488,7 @@ impl Store {
                     )?;
                 }
             }
-            Ok(())
+            tx.seal_model(model_id)
         })?;
         Ok(report)
     }

@@ -22,10 +22,14 @@ fn crash_at_every_write_point() {
     let clean = run(&clean_disk, &models, |store| {
         // The workload exercises what it claims to: deltas and a bounded model against the base.
         let ft2 = store.info("ft2").unwrap();
+        // (A tiny tensor may stay standalone: a delta must save a real margin to be taken.)
         assert!(
-            ft2.tensors
-                .iter()
-                .all(|t| t.codec == "quantized" && t.base.is_some()),
+            ft2.tensors.iter().all(|t| t.codec == "quantized")
+                && ft2
+                    .tensors
+                    .iter()
+                    .filter(|t| t.raw_bytes >= 4096)
+                    .all(|t| t.base.is_some()),
             "{:?}",
             ft2.tensors
         );
@@ -35,7 +39,8 @@ fn crash_at_every_write_point() {
         assert!(s.outcome.is_ok(), "clean run: {:?}", s);
     }
     let ft = clean.steps[1].put_report.as_ref().unwrap();
-    assert_eq!((ft.name.as_str(), ft.delta_tensors), ("ft", 3), "{ft:?}");
+    // The two weight matrices are deltas (the 256-byte bias may stay standalone).
+    assert!(ft.name == "ft" && ft.delta_tensors >= 2, "{ft:?}");
     let n = clean_disk.ops();
     let log = clean_disk.log();
     let kinds: Vec<String> = OpKind::ALL

@@ -22,9 +22,9 @@ pub struct Tensor {
 /// The layout of every family: float tensors of each width, large and small, and an integer one.
 const LAYOUT: &[(&str, DType, &[u64])] = &[
     ("layers.0.weight", DType::F32, &[64, 64]),
-    ("layers.0.bias", DType::F32, &[64]),
+    ("layers.0.bias", DType::F32, &[512]),
     ("embed.weight", DType::BF16, &[32, 32]),
-    ("norm.scale", DType::F64, &[100]),
+    ("norm.scale", DType::F64, &[256]),
     ("position_ids", DType::I64, &[16]),
 ];
 
