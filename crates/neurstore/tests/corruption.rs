@@ -1,41 +1,12 @@
 //! Invariant: damaged stored data is detected and reported as Corrupt, naming what is damaged; it is never served as wrong bytes and never panics.
 
+mod common;
+
+use common::{noise, safetensors_file};
 use std::path::{Path, PathBuf};
 
 use neurstore::{ErrorKind, NoProgress, PutOptions, Store};
 use neurstore_core::dtype::DType;
-use neurstore_core::safetensors::build_header;
-
-/// A tensor to write: name, dtype, shape, raw bytes.
-type Tensor = (&'static str, DType, Vec<u64>, Vec<u8>);
-
-fn safetensors_file(tensors: &[Tensor]) -> Vec<u8> {
-    let spec: Vec<(String, DType, Vec<u64>)> = tensors
-        .iter()
-        .map(|(n, d, s, _)| (n.to_string(), *d, s.clone()))
-        .collect();
-    let (json, _) = build_header(&spec, None).expect("valid test header");
-    let mut out = (json.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(&json);
-    for t in tensors {
-        out.extend_from_slice(&t.3);
-    }
-    out
-}
-
-/// Deterministic pseudo-random bytes (xorshift64).
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -59,12 +30,15 @@ fn fixture() -> Fixture {
         .iter()
         .flat_map(|b| f32::from(b % 4).to_le_bytes())
         .collect();
-    let m = safetensors_file(&[
-        ("weights", DType::U8, vec![64, 64], weights.clone()),
-        ("packed", DType::F32, vec![16384], packed),
-        ("bias", DType::F32, vec![4], noise(3, 16)),
-    ]);
-    let other = safetensors_file(&[("other", DType::I16, vec![1000], noise(4, 2000))]);
+    let m = safetensors_file(
+        &[
+            ("weights", DType::U8, vec![64, 64], weights.clone()),
+            ("packed", DType::F32, vec![16384], packed),
+            ("bias", DType::F32, vec![4], noise(3, 16)),
+        ],
+        None,
+    );
+    let other = safetensors_file(&[("other", DType::I16, vec![1000], noise(4, 2000))], None);
     let mut models = Vec::new();
     for (name, bytes) in [("m", m), ("other", other)] {
         let path = dir.path().join(format!("{name}.safetensors"));

@@ -1,41 +1,12 @@
 //! Invariant: each distinct tensor and file is stored once, removing a model never damages another that shares its objects, and `gc` returns every byte no live model uses.
 
+mod common;
+
+use common::{Tensor, noise, safetensors_file};
 use std::path::{Path, PathBuf};
 
 use neurstore::{NoProgress, PutOptions, Store, StoreOptions};
 use neurstore_core::dtype::DType;
-use neurstore_core::safetensors::build_header;
-
-/// A tensor to write: name, dtype, shape, raw bytes.
-type Tensor = (String, DType, Vec<u64>, Vec<u8>);
-
-fn safetensors_file(tensors: &[Tensor]) -> Vec<u8> {
-    let spec: Vec<(String, DType, Vec<u64>)> = tensors
-        .iter()
-        .map(|(n, d, s, _)| (n.clone(), *d, s.clone()))
-        .collect();
-    let (json, _) = build_header(&spec, None).expect("valid test header");
-    let mut out = (json.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(&json);
-    for t in tensors {
-        out.extend_from_slice(&t.3);
-    }
-    out
-}
-
-/// Deterministic pseudo-random bytes (xorshift64): incompressible, so stored raw.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 fn f32_tensor(name: &str, elements: u64, seed: u64) -> Tensor {
     (
@@ -111,7 +82,7 @@ fn same_model_twice_adds_no_pack_bytes() {
     let tensors: Vec<Tensor> = (0..4)
         .map(|i| f32_tensor(&format!("layer.{i}.weight"), 1024 * 1024, i))
         .collect();
-    let bytes = safetensors_file(&tensors);
+    let bytes = safetensors_file(&tensors, None);
     let path = f.write("model.safetensors", &bytes);
     let first = f.put("original", &path);
     assert_eq!(first.new_objects, 5); // header + 4 tensors
@@ -166,7 +137,7 @@ fn same_tensor_under_two_names_is_stored_once() {
         ("as_i32".into(), DType::I32, vec![32, 32], shared.clone()),
         ("reshaped".into(), DType::F32, vec![1024], shared),
     ];
-    let bytes = safetensors_file(&tensors);
+    let bytes = safetensors_file(&tensors, None);
     let report = f.put("tied", &f.write("tied.safetensors", &bytes));
     assert_eq!(report.tensors, 4);
     assert_eq!(report.new_objects, 4); // header + 3 distinct tensors
@@ -194,8 +165,8 @@ fn fine_tune_adds_only_changed_tensor_and_gc_reclaims_everything() {
     let mut tuned = base.clone();
     tuned[2].3 = noise(99, tuned[2].3.len());
     let changed_len = tuned[2].3.len() as u64;
-    let base_bytes = safetensors_file(&base);
-    let tuned_bytes = safetensors_file(&tuned);
+    let base_bytes = safetensors_file(&base, None);
+    let tuned_bytes = safetensors_file(&tuned, None);
     f.put("base", &f.write("base.safetensors", &base_bytes));
     let before = f.store.stats().unwrap();
 
@@ -279,12 +250,18 @@ fn gc_across_small_packs_keeps_shared_and_empty_tensors() {
     });
     let empty: Tensor = ("empty".into(), DType::F32, vec![0], vec![]);
     let shared = f32_tensor("shared", 1000, 5);
-    let a = safetensors_file(&[empty.clone(), f32_tensor("a", 1500, 1), shared.clone()]);
-    let b = safetensors_file(&[
-        ("nothing".into(), DType::F32, vec![0], vec![]),
-        f32_tensor("b", 1500, 2),
-        shared,
-    ]);
+    let a = safetensors_file(
+        &[empty.clone(), f32_tensor("a", 1500, 1), shared.clone()],
+        None,
+    );
+    let b = safetensors_file(
+        &[
+            ("nothing".into(), DType::F32, vec![0], vec![]),
+            f32_tensor("b", 1500, 2),
+            shared,
+        ],
+        None,
+    );
     f.put("a", &f.write("a.safetensors", &a));
     f.put("b", &f.write("b.safetensors", &b));
     assert_eq!(f.store.stats().unwrap().unique_tensors, 4);

@@ -1,53 +1,14 @@
 //! Invariant: every model put into the store comes back byte for byte as it went in, whatever its dtypes, shapes, values, header layout or directory layout.
 
+mod common;
+
+use common::{Tensor, noise, raw_file, safetensors_file};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use neurstore::{NoProgress, PutOptions, Store};
 use neurstore_core::dtype::{ALL_DTYPES, DType, element_count};
-use neurstore_core::safetensors::build_header;
 use proptest::prelude::*;
-
-/// A tensor to write: name, dtype, shape, raw bytes.
-type Tensor = (String, DType, Vec<u64>, Vec<u8>);
-
-/// A safetensors file with a canonical header (via `build_header`) and the tensors back to back.
-fn safetensors_file(tensors: &[Tensor], metadata: Option<&BTreeMap<String, String>>) -> Vec<u8> {
-    let spec: Vec<(String, DType, Vec<u64>)> = tensors
-        .iter()
-        .map(|(n, d, s, _)| (n.clone(), *d, s.clone()))
-        .collect();
-    let (json, infos) = build_header(&spec, metadata).expect("valid test header");
-    let mut out = (json.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(&json);
-    for ((name, _, _, data), info) in tensors.iter().zip(&infos) {
-        assert_eq!(data.len() as u64, info.byte_len(), "test tensor {name}");
-        out.extend_from_slice(data);
-    }
-    out
-}
-
-/// A safetensors file with a header written by hand.
-fn raw_file(header: &str, data: &[u8]) -> Vec<u8> {
-    let mut out = (header.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(data);
-    out
-}
-
-/// Deterministic pseudo-random bytes (xorshift64).
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 fn byte_len(dtype: DType, shape: &[u64]) -> usize {
     let n = element_count(shape).expect("small shape");
