@@ -76,6 +76,13 @@ struct Snapshot {
     tensors: Vec<TensorRow>,
 }
 
+impl Snapshot {
+    /// The tensors of one safetensors file of the model, in position order.
+    fn tensors_of(&self, path: &str) -> Vec<&TensorRow> {
+        self.tensors.iter().filter(|t| t.path == path).collect()
+    }
+}
+
 impl Store {
     fn snapshot(&self, name: &str) -> Result<Snapshot> {
         Ok(self.engine.read(|q| {
@@ -177,11 +184,7 @@ impl Store {
                 progress.advance(head.len() as u64);
             }
             FileKind::Safetensors => {
-                let tensors: Vec<&TensorRow> = snap
-                    .tensors
-                    .iter()
-                    .filter(|t| t.path == file.path)
-                    .collect();
+                let tensors = snap.tensors_of(&file.path);
                 check_header(&head, &tensors, &what)?;
                 w.write_all(&(head.len() as u64).to_le_bytes())
                     .map_err(io)?;
@@ -244,11 +247,7 @@ impl Store {
         {
             let what = format!("model {:?} file {:?}", snap.model.name, file.path);
             let head = self.decode_object(&file.object, &what)?;
-            let tensors: Vec<&TensorRow> = snap
-                .tensors
-                .iter()
-                .filter(|t| t.path == file.path)
-                .collect();
+            let tensors = snap.tensors_of(&file.path);
             check_header(&head, &tensors, &what)?;
             listed += tensors.len();
         }
