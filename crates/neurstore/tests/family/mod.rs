@@ -1,14 +1,19 @@
 //! Synthetic model families for the delta tests: a base of a few tensors, fine-tunes that stay
 //! close to it, unrelated models of the same shapes, and checks that a model came back exactly
 //! or within its bound.
+
 // Each test file uses a different subset of these helpers.
 #![allow(dead_code)]
+
+#[path = "../common/mod.rs"]
+mod common;
+
+pub use common::{Rng, elem_size, element_value, encode_element, is_float, safetensors_from};
 
 use std::path::{Path, PathBuf};
 
 use neurstore::{BaseChoice, LoadedTensor, Mode, NoProgress, PutOptions, PutReport, Store};
 use neurstore_core::dtype::DType;
-use neurstore_core::safetensors::build_header;
 
 /// One tensor of a synthetic model.
 #[derive(Clone, Debug)]
@@ -28,64 +33,10 @@ const LAYOUT: &[(&str, DType, &[u64])] = &[
     ("position_ids", DType::I64, &[16]),
 ];
 
-/// Deterministic pseudo-random numbers (xorshift64).
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Approximately standard normal (sum of 12 uniforms, minus 6).
-    pub fn normal(&mut self) -> f64 {
-        (0..12).map(|_| self.uniform()).sum::<f64>() - 6.0
-    }
-}
-
-pub fn is_float(dtype: DType) -> bool {
-    matches!(dtype, DType::F32 | DType::F64 | DType::BF16)
-}
-
-fn elem_size(dtype: DType) -> usize {
-    (dtype.bits() / 8) as usize
-}
-
 /// Element `i` as f64 (float dtypes of the layout only).
 pub fn element(dtype: DType, bytes: &[u8], i: usize) -> f64 {
     let s = elem_size(dtype);
-    let b = &bytes[i * s..(i + 1) * s];
-    match dtype {
-        DType::F32 => f32::from_le_bytes(b.try_into().unwrap()) as f64,
-        DType::F64 => f64::from_le_bytes(b.try_into().unwrap()),
-        DType::BF16 => f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16) as f64,
-        other => panic!("{other} is not a float dtype of the layout"),
-    }
-}
-
-/// `v` rounded to `dtype` (nearest, ties to even), as little-endian bytes.
-fn encode_element(dtype: DType, v: f64) -> Vec<u8> {
-    match dtype {
-        DType::F32 => (v as f32).to_le_bytes().to_vec(),
-        DType::F64 => v.to_le_bytes().to_vec(),
-        DType::BF16 => {
-            let bits = (v as f32).to_bits();
-            let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1));
-            ((rounded >> 16) as u16).to_le_bytes().to_vec()
-        }
-        other => panic!("{other} is not a float dtype of the layout"),
-    }
+    element_value(dtype, &bytes[i * s..(i + 1) * s])
 }
 
 pub fn values(t: &Tensor) -> Vec<f64> {
@@ -207,17 +158,12 @@ pub fn assert_close(what: &str, t: &Tensor, got: &[u8], tol: Option<f64>) {
 }
 
 pub fn safetensors_file(tensors: &[Tensor]) -> Vec<u8> {
-    let spec: Vec<(String, DType, Vec<u64>)> = tensors
-        .iter()
-        .map(|t| (t.name.to_string(), t.dtype, t.shape.clone()))
-        .collect();
-    let (json, _) = build_header(&spec, None).expect("valid test header");
-    let mut out = (json.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(&json);
-    for t in tensors {
-        out.extend_from_slice(&t.data);
-    }
-    out
+    safetensors_from(
+        tensors
+            .iter()
+            .map(|t| (t.name, t.dtype, &t.shape[..], &t.data[..])),
+        None,
+    )
 }
 
 pub fn options(mode: Mode, base: BaseChoice) -> PutOptions {

@@ -2,8 +2,14 @@
 //! fine-tune stored losslessly (as deltas against the base), a fine-tune stored within
 //! `TOLERANCE` (quantized against the base) and a model directory; how to write them as input
 //! files, and how to check what `get` wrote or `load` returned against them.
+
 // Each loop uses a different subset of these helpers.
 #![allow(dead_code)]
+
+#[path = "../common/mod.rs"]
+mod common;
+
+pub use common::{Rng, elem_size, element_value, encode_element, is_float, safetensors_from};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +17,7 @@ use std::path::{Path, PathBuf};
 use neurstore::{
     BaseChoice, DType, LoadedTensor, Mode, NoProgress, PutOptions, PutReport, Store, StoreOptions,
 };
-use neurstore_core::safetensors::{self, build_header};
+use neurstore_core::safetensors;
 
 /// Absolute bound of the bounded fine-tune.
 pub const TOLERANCE: f64 = 1e-3;
@@ -19,36 +25,6 @@ pub const TOLERANCE: f64 = 1e-3;
 /// True when `NEURSTORE_FULL_RELIABILITY=1` asks for the full run instead of the CI sample.
 pub fn full_run() -> bool {
     std::env::var("NEURSTORE_FULL_RELIABILITY").is_ok_and(|v| v == "1")
-}
-
-/// Deterministic pseudo-random numbers (xorshift64).
-#[derive(Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// Uniform in `0..n` (`n` > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    /// Approximately standard normal (sum of 12 uniforms, minus 6).
-    pub fn normal(&mut self) -> f64 {
-        (0..12)
-            .map(|_| (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
-            .sum::<f64>()
-            - 6.0
-    }
 }
 
 /// One tensor of a safetensors file.
@@ -80,47 +56,12 @@ pub struct Model {
 
 /// A safetensors file holding `tensors` back to back, in order.
 pub fn safetensors_bytes(tensors: &[Tensor]) -> Vec<u8> {
-    let spec: Vec<(String, DType, Vec<u64>)> = tensors
-        .iter()
-        .map(|t| (t.name.clone(), t.dtype, t.shape.clone()))
-        .collect();
-    let (json, _) = build_header(&spec, None).expect("valid test header");
-    let mut out = (json.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(&json);
-    for t in tensors {
-        out.extend_from_slice(&t.data);
-    }
-    out
-}
-
-fn is_float(dtype: DType) -> bool {
-    matches!(dtype, DType::F32 | DType::F64 | DType::BF16)
-}
-
-fn elem_size(dtype: DType) -> usize {
-    (dtype.bits() / 8) as usize
-}
-
-fn element(dtype: DType, b: &[u8]) -> f64 {
-    match dtype {
-        DType::F32 => f32::from_le_bytes(b.try_into().unwrap()) as f64,
-        DType::F64 => f64::from_le_bytes(b.try_into().unwrap()),
-        DType::BF16 => f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16) as f64,
-        other => panic!("{other} is not a float dtype of the fixture"),
-    }
-}
-
-fn encode_element(dtype: DType, v: f64) -> Vec<u8> {
-    match dtype {
-        DType::F32 => (v as f32).to_le_bytes().to_vec(),
-        DType::F64 => v.to_le_bytes().to_vec(),
-        DType::BF16 => {
-            let bits = (v as f32).to_bits();
-            let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1));
-            ((rounded >> 16) as u16).to_le_bytes().to_vec()
-        }
-        other => panic!("{other} is not a float dtype of the fixture"),
-    }
+    safetensors_from(
+        tensors
+            .iter()
+            .map(|t| (&t.name[..], t.dtype, &t.shape[..], &t.data[..])),
+        None,
+    )
 }
 
 /// A tensor of pseudo-random values: floats of standard deviation 0.05, integers 0..n jittered.
@@ -156,7 +97,9 @@ pub fn fine_tune(base: &[Tensor], seed: u64, scale: f64) -> Vec<Tensor> {
             let data = t
                 .data
                 .chunks_exact(elem_size(t.dtype))
-                .flat_map(|b| encode_element(t.dtype, element(t.dtype, b) + scale * rng.normal()))
+                .flat_map(|b| {
+                    encode_element(t.dtype, element_value(t.dtype, b) + scale * rng.normal())
+                })
                 .collect();
             Tensor { data, ..t.clone() }
         })
@@ -322,7 +265,9 @@ impl Model {
                 t.data
                     .chunks_exact(s)
                     .zip(got.chunks_exact(s))
-                    .all(|(a, b)| (element(t.dtype, a) - element(t.dtype, b)).abs() <= tol)
+                    .all(|(a, b)| {
+                        (element_value(t.dtype, a) - element_value(t.dtype, b)).abs() <= tol
+                    })
             }
         };
         if ok {
