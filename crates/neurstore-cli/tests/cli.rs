@@ -1,29 +1,12 @@
 //! Invariant: the `neurstore` binary round-trips models through every command, its JSON output carries the documented fields, and a user error exits non-zero with one "error:" line and no panic.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{pack_bytes_on_disk, safetensors};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use serde_json::Value;
-
-/// A safetensors file of F32 tensors laid out back to back, in the given order.
-fn safetensors(tensors: &[(&str, &[f32])]) -> Vec<u8> {
-    let mut entries = Vec::new();
-    let mut data = Vec::new();
-    for (name, values) in tensors {
-        let start = data.len();
-        data.extend(values.iter().flat_map(|v| v.to_le_bytes()));
-        entries.push(format!(
-            r#""{name}":{{"dtype":"F32","shape":[{}],"data_offsets":[{start},{}]}}"#,
-            values.len(),
-            data.len()
-        ));
-    }
-    let header = format!("{{{}}}", entries.join(","));
-    let mut out = (header.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(&data);
-    out
-}
 
 /// The binary, with no store selected from the environment.
 fn neurstore() -> Command {
@@ -100,16 +83,6 @@ fn u64_field(v: &Value, field: &str) -> u64 {
     v[field]
         .as_u64()
         .unwrap_or_else(|| panic!("no integer field {field:?} in {v}"))
-}
-
-/// Sum of pack file (`packs/*.pack`) lengths on disk.
-fn pack_bytes_on_disk(store: &Path) -> u64 {
-    std::fs::read_dir(store.join("packs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
-        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
-        .sum()
 }
 
 #[test]

@@ -9,6 +9,9 @@
 //! steps; `NEURSTORE_FULL_RELIABILITY=1` runs 3 and 60. A writer killed mid-commit is
 //! `tests/kill.rs`.
 
+mod common;
+
+use common::safetensors;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -48,26 +51,6 @@ impl Rng {
     }
 }
 
-/// A safetensors file of F32 tensors laid out back to back.
-fn safetensors(tensors: &[(&str, Vec<f32>)]) -> Vec<u8> {
-    let mut entries = Vec::new();
-    let mut data = Vec::new();
-    for (name, values) in tensors {
-        let start = data.len();
-        data.extend(values.iter().flat_map(|v| v.to_le_bytes()));
-        entries.push(format!(
-            r#""{name}":{{"dtype":"F32","shape":[{}],"data_offsets":[{start},{}]}}"#,
-            values.len(),
-            data.len()
-        ));
-    }
-    let header = format!("{{{}}}", entries.join(","));
-    let mut out = (header.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(&data);
-    out
-}
-
 const LAYOUT: [(&str, usize); 3] = [("w1", 4096), ("w2", 1024), ("b", 64)];
 
 fn base_values() -> Vec<Vec<f32>> {
@@ -104,7 +87,8 @@ fn nth_model(i: u64) -> (Vec<u8>, Mode) {
     } else {
         Mode::Lossless
     };
-    (safetensors(&tensors), mode)
+    let parts: Vec<(&str, &[f32])> = tensors.iter().map(|(n, v)| (*n, &v[..])).collect();
+    (safetensors(&parts), mode)
 }
 
 /// Checks `got` against the original within `tol` element by element (same header).

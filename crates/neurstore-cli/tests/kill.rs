@@ -1,5 +1,8 @@
 //! Invariant: a writer killed with SIGKILL in the middle of a put leaves the store at its last committed state, and the next writer reclaims every byte the killed one wrote.
 
+mod common;
+
+use common::pack_bytes_on_disk;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -32,16 +35,6 @@ fn run_json(store: &Path, args: &[&str]) -> Value {
     let mut args = args.to_vec();
     args.push("--json");
     serde_json::from_slice(&run(store, &args).stdout).unwrap()
-}
-
-/// Sum of pack file (`packs/*.pack`) lengths on disk.
-fn pack_bytes_on_disk(store: &Path) -> u64 {
-    std::fs::read_dir(store.join("packs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
-        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
-        .sum()
 }
 
 /// Writes a safetensors file of `tensors` F32 tensors of `elements` pseudo-random finite values.

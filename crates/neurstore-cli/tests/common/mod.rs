@@ -1,0 +1,34 @@
+//! Helpers shared by the CLI tests: F32 safetensors files built in memory, pack bytes on disk.
+#![allow(dead_code)] // each test file uses a part
+
+use std::path::Path;
+
+/// A safetensors file of F32 tensors laid out back to back, in the given order.
+pub fn safetensors(tensors: &[(&str, &[f32])]) -> Vec<u8> {
+    let mut entries = Vec::new();
+    let mut data = Vec::new();
+    for (name, values) in tensors {
+        let start = data.len();
+        data.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        entries.push(format!(
+            r#""{name}":{{"dtype":"F32","shape":[{}],"data_offsets":[{start},{}]}}"#,
+            values.len(),
+            data.len()
+        ));
+    }
+    let header = format!("{{{}}}", entries.join(","));
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(&data);
+    out
+}
+
+/// Sum of pack file (`packs/*.pack`) lengths on disk.
+pub fn pack_bytes_on_disk(store: &Path) -> u64 {
+    std::fs::read_dir(store.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum()
+}
