@@ -370,14 +370,21 @@ pub fn step_of(stored: &[u8]) -> Option<f64> {
         .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
 }
 
-/// Decodes `stored` into `out` (the tensor's raw length), against `base` when it was encoded
-/// with one.
-pub fn decode_into(
-    dtype: DType,
-    stored: &[u8],
-    base: Option<&[u8]>,
-    out: &mut [u8],
-) -> Result<(), CodecError> {
+/// A bounded blob's sections, parsed and entropy-decoded but not yet reconstructed.
+struct Sections {
+    /// Code width in bytes (1, 2 or 4); `codes` holds `n · w` zig-zagged bytes.
+    w: usize,
+    has_base: bool,
+    step: f64,
+    codes: Vec<u8>,
+    /// Exception indices, strictly increasing and below `n`.
+    exception_index: Vec<usize>,
+    /// Exact element bytes of each exception, `size` bytes each.
+    exception_bytes: Vec<u8>,
+}
+
+/// Parses and checks a bounded blob that must describe `n` elements of `dtype`.
+fn sections(dtype: DType, stored: &[u8], raw_len: usize) -> Result<Sections, CodecError> {
     if !supports(dtype) {
         return Err(CodecError::corrupt(format!(
             "bounded blob for non-float dtype {dtype}"
@@ -397,14 +404,9 @@ pub fn decode_into(
     if !(step.is_finite() && step > 0.0) {
         return Err(CodecError::corrupt(format!("bad quantization step {step}")));
     }
-    if n.checked_mul(size as u64) != Some(out.len() as u64) || e > n {
+    if n.checked_mul(size as u64) != Some(raw_len as u64) || e > n {
         return Err(CodecError::corrupt(
             "element or exception count disagrees with the tensor",
-        ));
-    }
-    if (has_base == 1) != base.is_some() || base.is_some_and(|b| b.len() != out.len()) {
-        return Err(CodecError::corrupt(
-            "base presence or length disagrees with the blob",
         ));
     }
     let (n, e) = (n as usize, e as usize);
@@ -424,12 +426,47 @@ pub fn decode_into(
     };
     let codes = section(n * w)?;
     let gaps = section(e * 8)?;
-    let values = section(e * size)?;
+    let exception_bytes = section(e * size)?;
     if !rest.is_empty() {
         return Err(CodecError::corrupt(
             "trailing bytes after the bounded sections",
         ));
     }
+    let mut exception_index = Vec::with_capacity(e);
+    let mut index = 0u64;
+    for (k, gap) in gaps.chunks_exact(8).enumerate() {
+        index = index
+            .checked_add(u64::from_le_bytes(gap.try_into().unwrap()))
+            .filter(|&i| i < n as u64 && (k == 0 || gap != [0; 8]))
+            .ok_or_else(|| CodecError::corrupt("exception index out of range or repeated"))?;
+        exception_index.push(index as usize);
+    }
+    Ok(Sections {
+        w,
+        has_base: has_base == 1,
+        step,
+        codes,
+        exception_index,
+        exception_bytes,
+    })
+}
+
+/// Decodes `stored` into `out` (the tensor's raw length), against `base` when it was encoded
+/// with one.
+pub fn decode_into(
+    dtype: DType,
+    stored: &[u8],
+    base: Option<&[u8]>,
+    out: &mut [u8],
+) -> Result<(), CodecError> {
+    let s = sections(dtype, stored, out.len())?;
+    if s.has_base != base.is_some() || base.is_some_and(|b| b.len() != out.len()) {
+        return Err(CodecError::corrupt(
+            "base presence or length disagrees with the blob",
+        ));
+    }
+    let size = (dtype.bits() / 8) as usize;
+    let (w, step, codes) = (s.w, s.step, &s.codes);
     out.par_chunks_mut(BLOCK * size)
         .enumerate()
         .for_each(|(blk, dst)| {
@@ -438,16 +475,59 @@ pub fn decode_into(
             let base = base.map(|b| &b[first * size..first * size + dst.len()]);
             with_elem!(dtype, E => decode_block::<E>(codes, w, base, step, dst));
         });
-    let mut index = 0u64;
-    for (k, gap) in gaps.chunks_exact(8).enumerate() {
-        index = index
-            .checked_add(u64::from_le_bytes(gap.try_into().unwrap()))
-            .filter(|&i| i < n as u64 && (k == 0 || gap != [0; 8]))
-            .ok_or_else(|| CodecError::corrupt("exception index out of range or repeated"))?;
-        let i = index as usize;
-        out[i * size..(i + 1) * size].copy_from_slice(&values[k * size..(k + 1) * size]);
+    for (k, &i) in s.exception_index.iter().enumerate() {
+        out[i * size..(i + 1) * size].copy_from_slice(&s.exception_bytes[k * size..(k + 1) * size]);
     }
     Ok(())
+}
+
+/// A bounded blob as codes, for computing on it without reconstructing every element: element
+/// `i` is `base_i + codes[i] · step` (in f64, then rounded to the dtype), except where
+/// `exceptions` gives its exact value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Codes {
+    /// Quantization step (twice the tolerance).
+    pub step: f64,
+    /// Whether the blob was encoded against a base object.
+    pub has_base: bool,
+    /// One code per element (an exception's code is 0).
+    pub codes: Vec<i32>,
+    /// `(element index, exact value)`, indices strictly increasing.
+    pub exceptions: Vec<(usize, f64)>,
+}
+
+/// Parses a bounded blob of `raw_len` raw bytes of `dtype` into its codes (see [`Codes`]).
+pub fn decode_codes(dtype: DType, stored: &[u8], raw_len: usize) -> Result<Codes, CodecError> {
+    let s = sections(dtype, stored, raw_len)?;
+    let size = (dtype.bits() / 8) as usize;
+    let mut codes = vec![0i32; raw_len / size];
+    let widen = |c: &[u8]| {
+        let mut z = [0u8; 4];
+        z[..c.len()].copy_from_slice(c);
+        // Codes never exceed MAX_CODE in magnitude when written; a damaged one is clamped
+        // into i32 rather than wrapped (the blob's checksum is what detects damage).
+        unzigzag(u32::from_le_bytes(z)).clamp(i32::MIN as i64, i32::MAX as i64) as i32
+    };
+    codes
+        .par_chunks_mut(BLOCK)
+        .zip(s.codes.par_chunks(BLOCK * s.w))
+        .for_each(|(dst, src)| {
+            for (d, c) in dst.iter_mut().zip(src.chunks_exact(s.w)) {
+                *d = widen(c);
+            }
+        });
+    let exceptions = s
+        .exception_index
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| (i, load(dtype, &s.exception_bytes, k)))
+        .collect();
+    Ok(Codes {
+        step: s.step,
+        has_base: s.has_base,
+        codes,
+        exceptions,
+    })
 }
 
 /// Largest |original − reconstructed| over all elements of two tensors of a bounded-mode dtype.
@@ -559,6 +639,29 @@ mod tests {
                 }
             })
             .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn codes_reconstruct_what_the_decoder_does() {
+        let base: Vec<f32> = (0..5000).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01).collect();
+        let mut target: Vec<f32> = base.iter().map(|b| b + 0.0007 * (b * 13.0).sin()).collect();
+        target[17] = f32::NAN;
+        target[4000] = 1e30;
+        let (b, t) = (f32s(&base), f32s(&target));
+        let q = encode(DType::F32, &t, Some(&b), 1e-4, 1).unwrap();
+        let mut decoded = vec![0u8; t.len()];
+        decode_into(DType::F32, &q.bytes, Some(&b), &mut decoded).unwrap();
+        let c = decode_codes(DType::F32, &q.bytes, t.len()).unwrap();
+        assert!(c.has_base && c.step == 2e-4 && c.codes.len() == 5000);
+        assert_eq!(c.exceptions.iter().map(|e| e.0).collect::<Vec<_>>(), vec![17, 4000]);
+        let mut rebuilt: Vec<f32> = (0..5000)
+            .map(|i| reconstruct(base[i] as f64, c.codes[i] as i64, c.step) as f32)
+            .collect();
+        for &(i, v) in &c.exceptions {
+            rebuilt[i] = v as f32;
+        }
+        assert_eq!(f32s(&rebuilt), decoded);
+        assert!(decode_codes(DType::F32, &q.bytes, t.len() - 4).is_err());
     }
 
     #[test]
