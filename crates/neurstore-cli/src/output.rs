@@ -305,6 +305,18 @@ pub fn sentence(e: &anyhow::Error) -> String {
     msg
 }
 
+impl Printer {
+    /// Embeddings: in text mode one line per input, its values separated by spaces.
+    pub fn embed(&self, r: &crate::embed::EmbedReport) {
+        self.emit(r, || {
+            for e in &r.embeddings {
+                let values: Vec<String> = e.embedding.iter().map(|v| format!("{v:.7}")).collect();
+                println!("{}", values.join(" "));
+            }
+        })
+    }
+}
+
 /// A progress bar on stderr; invisible when stderr is not a terminal or output is JSON.
 pub struct Bar {
     bar: ProgressBar,

@@ -7,15 +7,37 @@ pub type Digest = [u8; 32];
 
 /// Key of a tensor's content: equal dtype, shape and bytes give equal keys, whatever the name.
 pub fn tensor_key(dtype: DType, shape: &[u64], raw: &[u8]) -> Digest {
-    let mut h = blake3::Hasher::new();
-    h.update(b"neurstore/tensor/v1\0");
-    h.update(dtype.as_str().as_bytes());
-    h.update(&(shape.len() as u64).to_le_bytes());
-    for d in shape {
-        h.update(&d.to_le_bytes());
+    let mut h = TensorKeyHasher::new(dtype, shape);
+    h.update(raw);
+    h.finalize()
+}
+
+/// [`tensor_key`] computed incrementally, over the raw bytes fed in order in pieces (a tensor
+/// decoded and written block by block).
+pub struct TensorKeyHasher(blake3::Hasher);
+
+impl TensorKeyHasher {
+    /// Starts the key of a tensor of this dtype and shape.
+    pub fn new(dtype: DType, shape: &[u64]) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(b"neurstore/tensor/v1\0");
+        h.update(dtype.as_str().as_bytes());
+        h.update(&(shape.len() as u64).to_le_bytes());
+        for d in shape {
+            h.update(&d.to_le_bytes());
+        }
+        TensorKeyHasher(h)
     }
-    hash_large(&mut h, raw);
-    *h.finalize().as_bytes()
+
+    /// Feeds the next raw bytes.
+    pub fn update(&mut self, raw: &[u8]) {
+        hash_large(&mut self.0, raw);
+    }
+
+    /// The key of everything fed.
+    pub fn finalize(&self) -> Digest {
+        *self.0.finalize().as_bytes()
+    }
 }
 
 /// Key of a plain file's content (config, tokenizer, safetensors header).
@@ -58,5 +80,15 @@ mod tests {
         assert_ne!(a, tensor_key(DType::F32, &[1, 2], &raw));
         assert_ne!(a, file_key(&raw));
         assert_eq!(a, tensor_key(DType::F32, &[2], &raw));
+    }
+
+    #[test]
+    fn incremental_key_equals_one_shot() {
+        let raw: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let mut h = TensorKeyHasher::new(DType::U8, &[3_000_000]);
+        for piece in raw.chunks(1_234_567) {
+            h.update(piece);
+        }
+        assert_eq!(h.finalize(), tensor_key(DType::U8, &[3_000_000], &raw));
     }
 }

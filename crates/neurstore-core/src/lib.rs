@@ -17,6 +17,7 @@
 pub mod codec;
 pub mod dtype;
 pub mod hnsw;
+pub mod kernel;
 pub mod key;
 pub mod safetensors;
 pub mod sketch;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use neurstore_core::codec::{self, Codec};
 use neurstore_core::dtype::DType;
-use neurstore_core::key::{file_key, tensor_key};
+use neurstore_core::key::{Digest, file_key, tensor_key};
 use neurstore_storage::StorageError;
 use neurstore_storage::catalog::{ObjectKind, ObjectRow, Queries};
 
@@ -24,6 +24,23 @@ pub(crate) struct BaseCache {
     used: u64,
     entries: HashMap<i64, Arc<Vec<u8>>>,
     order: VecDeque<i64>,
+    stats: BaseCacheStats,
+}
+
+/// Counters of the cache of decoded base objects shared by every read of a [`Store`] handle
+/// (see `Store::base_cache_stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BaseCacheStats {
+    /// Base lookups served from the cache.
+    pub hits: u64,
+    /// Base lookups that had to read and decode the base.
+    pub misses: u64,
+    /// Bytes of base objects decoded on misses.
+    pub decoded_bytes: u64,
+    /// Bases held now.
+    pub entries: u64,
+    /// Bytes held now.
+    pub held_bytes: u64,
 }
 
 impl BaseCache {
@@ -33,11 +50,20 @@ impl BaseCache {
             used: 0,
             entries: HashMap::new(),
             order: VecDeque::new(),
+            stats: BaseCacheStats::default(),
         }
     }
 
     fn get(&self, id: i64) -> Option<Arc<Vec<u8>>> {
         self.entries.get(&id).cloned()
+    }
+
+    pub(crate) fn stats(&self) -> BaseCacheStats {
+        BaseCacheStats {
+            entries: self.entries.len() as u64,
+            held_bytes: self.used,
+            ..self.stats
+        }
     }
 
     fn put(&mut self, id: i64, bytes: Arc<Vec<u8>>) {
@@ -73,65 +99,79 @@ impl Store {
     }
 
     fn decode_at_depth(&self, object: &ObjectRow, what: &str, depth: u32) -> Result<TensorData> {
-        if depth > MAX_CHAIN {
-            return Err(StorageError::corrupt(
-                what,
-                format!("base chain longer than {MAX_CHAIN} (a cycle?)"),
-            )
-            .into());
-        }
+        check_depth(what, depth)?;
         let stored = self.engine.read_blob(object, what)?;
         if object.codec == Codec::Raw {
             return Ok(TensorData::Stored(stored));
         }
-        let base = match object.base {
-            Some(base_id) => Some(self.base_bytes(base_id, what, depth + 1)?),
-            None => None,
-        };
         let mut out = zeroed(object.raw_len).ok_or_else(|| {
             StorageError::io(
                 format!("{what}: decoding {} bytes", object.raw_len),
                 std::io::ErrorKind::OutOfMemory.into(),
             )
         })?;
+        self.decode_stored(object, &stored, what, depth, &mut out)?;
+        Ok(TensorData::Decoded(out))
+    }
+
+    /// Reads and decodes one object into `out` (exactly its raw length), resolving its base
+    /// chain; a raw object's verified bytes are copied.
+    pub(crate) fn decode_object_into(
+        &self,
+        object: &ObjectRow,
+        what: &str,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let stored = self.engine.read_blob(object, what)?;
+        if object.raw_len != out.len() as u64 {
+            return Err(StorageError::corrupt(what, "raw length disagrees with the buffer").into());
+        }
+        self.decode_stored(object, &stored, what, 0, out)
+    }
+
+    /// Decodes checksum-verified `stored` bytes of `object` into `out` and, for an object
+    /// decoded against a base, checks the result against its key.
+    fn decode_stored(
+        &self,
+        object: &ObjectRow,
+        stored: &[u8],
+        what: &str,
+        depth: u32,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let base = match object.base {
+            Some(base_id) => Some(self.base_bytes(base_id, what, depth + 1)?),
+            None => None,
+        };
         codec::decode_with_base(
             object.codec,
             dtype_of(object),
-            &stored,
+            stored,
             base.as_deref().map(|b| b.as_slice()),
-            &mut out,
+            out,
         )
         .map_err(|e| StorageError::corrupt(what, format!("cannot decode: {e}")))?;
         // The stored checksum does not cover which base a blob is decoded against: check the
         // result against its key, so a damaged base reference is never served.
         if object.base.is_some() {
             let key = match object.kind {
-                ObjectKind::Tensor { dtype } => tensor_key(dtype, &object.shape, &out),
-                ObjectKind::File => file_key(&out),
+                ObjectKind::Tensor { dtype } => tensor_key(dtype, &object.shape, out),
+                ObjectKind::File => file_key(out),
             };
-            if key != object.decoded_key {
-                return Err(StorageError::corrupt(
-                    what,
-                    format!(
-                        "decoded content does not match its key (decoded against base object {})",
-                        object.base.unwrap_or_default()
-                    ),
-                )
-                .into());
-            }
+            check_key(object, &key, what)?;
         }
-        Ok(TensorData::Decoded(out))
+        Ok(())
     }
 
     /// The decoded bytes of a base object, from the cache when there.
     pub(crate) fn base_bytes(&self, base_id: i64, what: &str, depth: u32) -> Result<Arc<Vec<u8>>> {
-        if let Some(hit) = self
-            .base_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(base_id)
         {
-            return Ok(hit);
+            let mut cache = self.base_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(hit) = cache.get(base_id) {
+                cache.stats.hits += 1;
+                return Ok(hit);
+            }
+            cache.stats.misses += 1;
         }
         let base = self.engine.read(|q| q.object(base_id))?.ok_or_else(|| {
             StorageError::corrupt(what, format!("base object {base_id} is missing"))
@@ -142,12 +182,37 @@ impl Store {
                 TensorData::Stored(b) => b.to_vec(),
             };
         let bytes = Arc::new(bytes);
-        self.base_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .put(base_id, bytes.clone());
+        let mut cache = self.base_cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.stats.decoded_bytes += bytes.len() as u64;
+        cache.put(base_id, bytes.clone());
         Ok(bytes)
     }
+}
+
+fn check_depth(what: &str, depth: u32) -> Result<()> {
+    if depth > MAX_CHAIN {
+        return Err(StorageError::corrupt(
+            what,
+            format!("base chain longer than {MAX_CHAIN} (a cycle?)"),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Errs unless `key`, computed over an object's decoded bytes, is its recorded `decoded_key`.
+pub(crate) fn check_key(object: &ObjectRow, key: &Digest, what: &str) -> Result<()> {
+    if *key != object.decoded_key {
+        return Err(StorageError::corrupt(
+            what,
+            format!(
+                "decoded content does not match its key (decoded against base object {})",
+                object.base.unwrap_or_default()
+            ),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// A zeroed buffer of `len` bytes, or `None` when it cannot be allocated (a length from the

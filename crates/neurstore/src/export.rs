@@ -15,12 +15,19 @@ use neurstore_storage::pack::BlobBytes;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use neurstore_core::codec::{self, Codec};
+use neurstore_core::key::TensorKeyHasher;
+
 use crate::Store;
+use crate::decode::check_key;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 
-/// Raw bytes decoded at once before they are written (bounds memory during `get`).
-const WINDOW_BYTES: u64 = 128 << 20;
+/// Raw bytes of small tensors decoded at once before they are written (`get` holds two such
+/// windows: one decoding, one writing).
+const WINDOW_BYTES: u64 = 16 << 20;
+/// Bytes of a large tensor decoded at once when streamed (rounded to the codec's chunks).
+const STREAM_BLOCK: usize = 8 << 20;
 /// Attempts at a read that races a garbage collection moving its blobs.
 const READ_ATTEMPTS: usize = 3;
 
@@ -70,10 +77,10 @@ impl std::ops::Deref for TensorData {
 }
 
 /// Everything needed to rebuild one model, read from one catalog snapshot.
-struct Snapshot {
-    model: ModelRow,
-    files: Vec<FileRow>,
-    tensors: Vec<TensorRow>,
+pub(crate) struct Snapshot {
+    pub(crate) model: ModelRow,
+    pub(crate) files: Vec<FileRow>,
+    pub(crate) tensors: Vec<TensorRow>,
 }
 
 impl Snapshot {
@@ -84,7 +91,7 @@ impl Snapshot {
 }
 
 impl Store {
-    fn snapshot(&self, name: &str) -> Result<Snapshot> {
+    pub(crate) fn snapshot(&self, name: &str) -> Result<Snapshot> {
         Ok(self.engine.read(|q| {
             let model = q
                 .model(name)?
@@ -101,7 +108,7 @@ impl Store {
     }
 
     /// Runs `f`, retrying when a concurrent garbage collection removed a pack it was about to read.
-    fn with_retry<T>(&self, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    pub(crate) fn with_retry<T>(&self, mut f: impl FnMut() -> Result<T>) -> Result<T> {
         let mut attempt = 1;
         loop {
             match f() {
@@ -190,19 +197,7 @@ impl Store {
                     .map_err(io)?;
                 w.write_all(&head).map_err(io)?;
                 written += 8 + head.len() as u64;
-                for window in windows(&tensors) {
-                    let decoded = window
-                        .par_iter()
-                        .map(|t| {
-                            self.decode_object(&t.object, &format!("{what} tensor {:?}", t.name))
-                        })
-                        .collect::<Result<Vec<_>>>()?;
-                    for data in decoded {
-                        w.write_all(&data).map_err(io)?;
-                        written += data.len() as u64;
-                        progress.advance(data.len() as u64);
-                    }
-                }
+                written += self.write_tensors(&tensors, &what, &mut w, dest, progress)?;
             }
         }
         w.flush().map_err(io)?;
@@ -235,10 +230,188 @@ impl Store {
 }
 
 impl Store {
+    /// Writes the tensors of one file in order. Small tensors are decoded in parallel, a
+    /// window at a time, into one of two reused buffers, the next window decoding while the
+    /// previous one is written; large ones are streamed block by block. Memory stays within
+    /// two windows (plus the bases a tensor is decoded against, and, for a large bounded
+    /// tensor, that tensor: its format is decoded whole).
+    fn write_tensors(
+        &self,
+        tensors: &[&TensorRow],
+        what: &str,
+        w: &mut (dyn Write + Send),
+        dest: &Path,
+        progress: &dyn Progress,
+    ) -> Result<u64> {
+        let mut written = 0u64;
+        let (mut ready, mut spare) = (Vec::new(), Vec::new());
+        let mut pending: Option<Decoded> = None;
+        let write = |batch: Decoded, buf: &[u8], w: &mut (dyn Write + Send)| -> Result<u64> {
+            let mut at = 0;
+            let mut n = 0;
+            for (t, stored) in batch.tensors.iter().zip(&batch.stored) {
+                let len = t.object.raw_len as usize;
+                let bytes = match stored {
+                    Some(b) => &b[..],
+                    None => &buf[at..at + len],
+                };
+                w.write_all(bytes).map_err(|e| Error::io(dest, e))?;
+                at += len;
+                n += len as u64;
+                progress.advance(len as u64);
+            }
+            Ok(n)
+        };
+        for batch in batches(tensors) {
+            match batch {
+                Batch::Small(group) => {
+                    // Write the previous batch while this one decodes.
+                    let (wrote, decoded) = rayon::join(
+                        || match pending.take() {
+                            Some(p) => write(p, &ready, w),
+                            None => Ok(0),
+                        },
+                        || self.decode_batch(group, what, &mut spare),
+                    );
+                    written += wrote?;
+                    pending = Some(decoded?);
+                    std::mem::swap(&mut ready, &mut spare);
+                }
+                Batch::Large(t) => {
+                    if let Some(p) = pending.take() {
+                        written += write(p, &ready, w)?;
+                    }
+                    written += self.stream_tensor(t, what, &mut spare, w, dest, progress)?;
+                }
+            }
+        }
+        if let Some(p) = pending.take() {
+            written += write(p, &ready, w)?;
+        }
+        Ok(written)
+    }
+
+    /// Decodes a batch of small tensors into `buf` (resized, reused between batches).
+    fn decode_batch<'b, 'a>(
+        &self,
+        group: &'b [&'a TensorRow],
+        what: &str,
+        buf: &mut Vec<u8>,
+    ) -> Result<Decoded<'b, 'a>> {
+        let total: u64 = group.iter().map(|t| t.object.raw_len).sum();
+        buf.resize(total as usize, 0);
+        let mut slices = Vec::with_capacity(group.len());
+        let mut rest = &mut buf[..];
+        for t in group {
+            let (head, tail) = rest.split_at_mut(t.object.raw_len as usize);
+            slices.push(head);
+            rest = tail;
+        }
+        let stored = group
+            .par_iter()
+            .zip(slices)
+            .map(|(t, dst)| {
+                let what = format!("{what} tensor {:?}", t.name);
+                if t.object.codec == Codec::Raw {
+                    self.decode_object(&t.object, &what).map(|d| match d {
+                        TensorData::Stored(b) => Some(b),
+                        TensorData::Decoded(v) => Some(BlobBytes::Owned(v)),
+                    })
+                } else {
+                    self.decode_object_into(&t.object, &what, dst)
+                        .map(|()| None)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Decoded {
+            tensors: group,
+            stored,
+        })
+    }
+
+    /// Writes one large tensor: raw ones straight from the pack's map, grouped and lossless
+    /// delta ones decoded `STREAM_BLOCK` bytes at a time into `buf` (a delta's key checked over
+    /// the blocks as they pass; on a mismatch `get` fails and its partial output is removed),
+    /// anything else decoded whole.
+    fn stream_tensor(
+        &self,
+        t: &TensorRow,
+        what: &str,
+        buf: &mut Vec<u8>,
+        w: &mut dyn Write,
+        dest: &Path,
+        progress: &dyn Progress,
+    ) -> Result<u64> {
+        let what = format!("{what} tensor {:?}", t.name);
+        let object = &t.object;
+        let io = |e| Error::io(dest, e);
+        let streamable = matches!(
+            (object.codec, object.base, object.kind),
+            (Codec::Grouped, None, _) | (Codec::Delta, Some(_), ObjectKind::Tensor { .. })
+        );
+        if !streamable {
+            let data = self.decode_object(object, &what)?;
+            w.write_all(&data).map_err(io)?;
+            progress.advance(data.len() as u64);
+            return Ok(data.len() as u64);
+        }
+        let stored = self.engine.read_blob(object, &what)?;
+        let raw_len = object.raw_len;
+        let corrupt =
+            |e: codec::CodecError| StorageError::corrupt(&what, format!("cannot decode: {e}"));
+        let align = match object.codec {
+            Codec::Grouped => codec::grouped::range_align(&stored),
+            _ => codec::delta::range_align(&stored),
+        }
+        .ok_or_else(|| StorageError::corrupt(&what, "cannot decode: header truncated"))?;
+        let block = (STREAM_BLOCK / align).max(1) * align;
+        buf.resize(block.min(raw_len as usize), 0);
+        let (base, mut hasher) = match (object.base, object.kind) {
+            (Some(base_id), ObjectKind::Tensor { dtype }) => (
+                Some(self.base_bytes(base_id, &what, 1)?),
+                Some(TensorKeyHasher::new(dtype, &object.shape)),
+            ),
+            _ => (None, None),
+        };
+        if base.as_ref().is_some_and(|b| b.len() as u64 != raw_len) {
+            return Err(
+                StorageError::corrupt(&what, "base length disagrees with the tensor").into(),
+            );
+        }
+        let mut start = 0u64;
+        while start < raw_len {
+            let len = (raw_len - start).min(block as u64) as usize;
+            let out = &mut buf[..len];
+            match &base {
+                None => codec::grouped::decode_range(&stored, raw_len, start, out),
+                Some(b) => codec::delta::decode_range(
+                    &stored,
+                    raw_len,
+                    start,
+                    &b[start as usize..start as usize + len],
+                    out,
+                ),
+            }
+            .map_err(corrupt)?;
+            if let Some(h) = hasher.as_mut() {
+                h.update(out);
+            }
+            w.write_all(out).map_err(io)?;
+            progress.advance(len as u64);
+            start += len as u64;
+        }
+        if let Some(h) = hasher {
+            check_key(object, &h.finalize(), &what)?;
+        }
+        Ok(raw_len)
+    }
+}
+
+impl Store {
     /// Checks every stored safetensors header of a model against the catalog's tensors, as
     /// `get` does while writing, and that every tensor belongs to one of its files: the
     /// catalog's names, paths, dtypes, shapes and order are what `load` returns.
-    fn check_headers(&self, snap: &Snapshot) -> Result<()> {
+    pub(crate) fn check_headers(&self, snap: &Snapshot) -> Result<()> {
         let mut listed = 0;
         for file in snap
             .files
@@ -288,20 +461,43 @@ pub(crate) fn check_header(head: &[u8], tensors: &[&TensorRow], what: &str) -> R
     Ok(())
 }
 
-fn windows<'a, 'b>(tensors: &'b [&'a TensorRow]) -> Vec<&'b [&'a TensorRow]> {
+/// One step of a streamed export: small tensors decoded together, or one large tensor.
+enum Batch<'b, 'a> {
+    Small(&'b [&'a TensorRow]),
+    Large(&'a TensorRow),
+}
+
+/// Cuts tensors (in file order) into batches of at most `WINDOW_BYTES` raw bytes; a tensor past
+/// `WINDOW_BYTES / 2` is a batch of its own, streamed block by block where its codec allows.
+fn batches<'b, 'a>(tensors: &'b [&'a TensorRow]) -> Vec<Batch<'b, 'a>> {
     let mut out = Vec::new();
     let (mut start, mut size) = (0, 0u64);
     for (i, t) in tensors.iter().enumerate() {
-        if i > start && size + t.object.raw_len > WINDOW_BYTES {
-            out.push(&tensors[start..i]);
+        let len = t.object.raw_len;
+        if len > WINDOW_BYTES / 2 || size.saturating_add(len) > WINDOW_BYTES {
+            if i > start {
+                out.push(Batch::Small(&tensors[start..i]));
+            }
             (start, size) = (i, 0);
         }
-        size += t.object.raw_len;
+        if len > WINDOW_BYTES / 2 {
+            out.push(Batch::Large(t));
+            start = i + 1;
+        } else {
+            size += len;
+        }
     }
     if start < tensors.len() {
-        out.push(&tensors[start..]);
+        out.push(Batch::Small(&tensors[start..]));
     }
     out
+}
+
+/// A batch decoded and waiting to be written: per tensor, its verified stored bytes (raw codec,
+/// written straight from the pack's map) or `None` (decoded into the batch buffer, in order).
+struct Decoded<'b, 'a> {
+    tensors: &'b [&'a TensorRow],
+    stored: Vec<Option<BlobBytes>>,
 }
 
 /// A temporary path beside `out`, in the same directory so the final rename is atomic.

@@ -40,9 +40,11 @@ mod inspect;
 mod plan;
 mod progress;
 mod put;
+mod resident;
 
 use std::path::Path;
 
+pub use decode::BaseCacheStats;
 pub use error::{Error, ErrorKind, Result};
 pub use export::{GetReport, LoadedTensor, TensorData};
 pub use inspect::{FileInfo, KindStats, ModelInfo, ModelSummary, Stats, TensorInfo, VerifyReport};
@@ -50,6 +52,7 @@ pub use neurstore_core::dtype::DType;
 pub use neurstore_storage::{GcReport, RecoveryReport, StorageError};
 pub use progress::{NoProgress, Progress};
 pub use put::{BaseChoice, Mode, PutOptions, PutReport, TensorInput, TensorReport};
+pub use resident::{ResidentModel, ResidentOptions, ResidentTensor, ResidentWeight, SharedBases};
 
 use neurstore_storage::{Engine, EngineOptions};
 
@@ -122,6 +125,15 @@ impl Store {
             recovery,
             base_cache: std::sync::Mutex::new(cache),
         })
+    }
+
+    /// Counters of the cache of decoded bases this handle shares between reads: a model
+    /// decoded against a cached base reads and decodes that base only once.
+    pub fn base_cache_stats(&self) -> BaseCacheStats {
+        self.base_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stats()
     }
 
     /// What recovery did when this store was opened for writing.

@@ -10,6 +10,8 @@
 //! Layout: `u8 version = 1`, `u8 transform`, `u8 word width w`, then a grouped blob of the
 //! transformed words (plane width `w`). Bit-exact for any bytes, NaN payloads included.
 
+use rayon::prelude::*;
+
 use super::{CodecError, grouped};
 
 const VERSION: u8 = 1;
@@ -60,7 +62,7 @@ pub fn encode(
         1
     };
     let mut words = vec![0u8; target.len()];
-    apply(w, transform, target, base, &mut words, Direction::Forward);
+    apply(w, transform, target, base, &mut words);
     let body = grouped::encode(&words, w, level);
     let mut out = Vec::with_capacity(HEADER + body.len());
     out.extend_from_slice(&[VERSION, transform.tag(), w as u8]);
@@ -92,30 +94,89 @@ pub fn decode_into(stored: &[u8], base: &[u8], out: &mut [u8]) -> Result<(), Cod
         )));
     }
     grouped::decode_into(&stored[HEADER..], out)?;
-    let words = out.to_vec();
-    apply(w, transform, &words, base, out, Direction::Backward);
+    out.par_chunks_mut(BLOCK)
+        .zip(base.par_chunks(BLOCK))
+        .for_each(|(out, base)| undo(w, transform, base, out));
     Ok(())
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Direction {
-    Forward,
-    Backward,
-}
-
-fn apply(
-    w: usize,
-    transform: Transform,
-    input: &[u8],
+/// Decodes the raw bytes `start..start + out.len()` of a delta blob against the same range of
+/// its base (`base` holds just that range), for streamed export of large tensors; `start` must
+/// be a multiple of [`range_align`]`(stored)`, as for [`grouped::decode_range`].
+pub fn decode_range(
+    stored: &[u8],
+    raw_len: u64,
+    start: u64,
     base: &[u8],
     out: &mut [u8],
-    dir: Direction,
-) {
+) -> Result<(), CodecError> {
+    let header = stored
+        .get(..HEADER)
+        .ok_or_else(|| CodecError::corrupt("delta header truncated"))?;
+    if header[0] != VERSION {
+        return Err(CodecError::corrupt(format!(
+            "unknown delta version {}",
+            header[0]
+        )));
+    }
+    let transform = Transform::from_tag(header[1])?;
+    let w = header[2] as usize;
+    if !matches!(w, 1 | 2 | 4 | 8)
+        || !raw_len.is_multiple_of(w as u64)
+        || !start.is_multiple_of(w as u64)
+        || base.len() != out.len()
+    {
+        return Err(CodecError::corrupt(format!(
+            "bad delta word width {w} or range"
+        )));
+    }
+    grouped::decode_range(&stored[HEADER..], raw_len, start, out)?;
+    out.par_chunks_mut(BLOCK)
+        .zip(base.par_chunks(BLOCK))
+        .for_each(|(out, base)| undo(w, transform, base, out));
+    Ok(())
+}
+
+/// The chunk alignment [`decode_range`] needs.
+pub fn range_align(stored: &[u8]) -> Option<usize> {
+    grouped::range_align(stored.get(HEADER..)?)
+}
+
+/// Bytes per parallel task of the inverse transform (a multiple of every word width).
+const BLOCK: usize = 1 << 18;
+
+/// Undoes the transform in place: `out` holds transformed words and receives the target's.
+fn undo(w: usize, transform: Transform, base: &[u8], out: &mut [u8]) {
     match w {
-        1 => apply_words::<u8, 1>(transform, input, base, out, dir),
-        2 => apply_words::<u16, 2>(transform, input, base, out, dir),
-        4 => apply_words::<u32, 4>(transform, input, base, out, dir),
-        _ => apply_words::<u64, 8>(transform, input, base, out, dir),
+        1 => undo_words::<u8, 1>(transform, base, out),
+        2 => undo_words::<u16, 2>(transform, base, out),
+        4 => undo_words::<u32, 4>(transform, base, out),
+        _ => undo_words::<u64, 8>(transform, base, out),
+    }
+}
+
+fn undo_words<W: Word, const N: usize>(transform: Transform, base: &[u8], out: &mut [u8]) {
+    macro_rules! each {
+        ($f:expr) => {
+            for (o, b) in out.chunks_exact_mut(N).zip(base.chunks_exact(N)) {
+                let (x, b) = (W::from_le(o), W::from_le(b));
+                $f(x, b).write_le(o);
+            }
+        };
+    }
+    match transform {
+        Transform::IntDiff => each!(|x: W, b: W| b.wadd(x.unzigzag())),
+        Transform::OrderedDiff => each!(|x: W, b: W| b.to_ordered().wadd(x.unzigzag()).unordered()),
+        Transform::Xor => each!(|x: W, b: W| x.xor(b)),
+    }
+}
+
+fn apply(w: usize, transform: Transform, input: &[u8], base: &[u8], out: &mut [u8]) {
+    match w {
+        1 => apply_words::<u8, 1>(transform, input, base, out),
+        2 => apply_words::<u16, 2>(transform, input, base, out),
+        4 => apply_words::<u32, 4>(transform, input, base, out),
+        _ => apply_words::<u64, 8>(transform, input, base, out),
     }
 }
 
@@ -182,12 +243,12 @@ word!(u16, i16);
 word!(u32, i32);
 word!(u64, i64);
 
+/// The forward transform (the encoder's side; [`undo_words`] is its inverse).
 fn apply_words<W: Word, const N: usize>(
     transform: Transform,
     input: &[u8],
     base: &[u8],
     out: &mut [u8],
-    dir: Direction,
 ) {
     let triples = input
         .chunks_exact(N)
@@ -195,16 +256,10 @@ fn apply_words<W: Word, const N: usize>(
         .zip(out.chunks_exact_mut(N));
     for ((i, b), o) in triples {
         let (x, b) = (W::from_le(i), W::from_le(b));
-        let y = match (transform, dir) {
-            (Transform::IntDiff, Direction::Forward) => x.wsub(b).zigzag(),
-            (Transform::IntDiff, Direction::Backward) => b.wadd(x.unzigzag()),
-            (Transform::OrderedDiff, Direction::Forward) => {
-                x.to_ordered().wsub(b.to_ordered()).zigzag()
-            }
-            (Transform::OrderedDiff, Direction::Backward) => {
-                b.to_ordered().wadd(x.unzigzag()).unordered()
-            }
-            (Transform::Xor, _) => x.xor(b),
+        let y = match transform {
+            Transform::IntDiff => x.wsub(b).zigzag(),
+            Transform::OrderedDiff => x.to_ordered().wsub(b.to_ordered()).zigzag(),
+            Transform::Xor => x.xor(b),
         };
         y.write_le(o);
     }

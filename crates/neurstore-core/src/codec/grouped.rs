@@ -95,44 +95,98 @@ pub fn encode_with(raw: &[u8], plane_width: usize, rotate_sign: bool, level: i32
 /// Decodes `stored` into `out`, whose length must be the raw length recorded at encode time.
 pub fn decode_into(stored: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
     let layout = Layout::parse(stored, out.len() as u64)?;
-    let w = layout.plane_width;
     out.par_chunks_mut(layout.chunk_len)
         .zip(layout.chunks.par_iter())
-        .try_for_each(|(dst, planes)| {
-            let plane_len = dst.len() / w;
-            if w == 1 {
-                let &(mode, start, len) = &planes[0];
-                return decode_plane(mode, &stored[start..start + len], dst);
+        .try_for_each(|(dst, planes)| decode_chunk(&layout, stored, planes, dst))
+}
+
+/// Decodes the raw bytes `start..start + out.len()` of a blob of `raw_len` raw bytes, chunk by
+/// chunk, without decoding the chunks outside the range (streamed export of large tensors).
+/// `start` must be a multiple of [`range_align`]`(stored)` and the range end either one too or
+/// the end of the data.
+pub fn decode_range(
+    stored: &[u8],
+    raw_len: u64,
+    start: u64,
+    out: &mut [u8],
+) -> Result<(), CodecError> {
+    let layout = Layout::parse(stored, raw_len)?;
+    let chunk = layout.chunk_len as u64;
+    let end = start
+        .checked_add(out.len() as u64)
+        .filter(|&e| e <= raw_len)
+        .ok_or_else(|| CodecError::corrupt("range past the end of the data"))?;
+    if !start.is_multiple_of(chunk) || !(end.is_multiple_of(chunk) || end == raw_len) {
+        return Err(CodecError::corrupt("range not aligned to chunks"));
+    }
+    let first = (start / chunk) as usize;
+    let count = out.len().div_ceil(layout.chunk_len);
+    out.par_chunks_mut(layout.chunk_len)
+        .zip(layout.chunks[first..first + count].par_iter())
+        .try_for_each(|(dst, planes)| decode_chunk(&layout, stored, planes, dst))
+}
+
+/// The chunk length of a grouped blob: the alignment [`decode_range`] needs.
+pub fn range_align(stored: &[u8]) -> Option<usize> {
+    let len = u32::from_le_bytes(stored.get(3..7)?.try_into().ok()?) as usize;
+    (len > 0).then_some(len)
+}
+
+fn decode_chunk(
+    layout: &Layout,
+    stored: &[u8],
+    planes: &[(u8, usize, usize)],
+    dst: &mut [u8],
+) -> Result<(), CodecError> {
+    let w = layout.plane_width;
+    let plane_len = dst.len() / w;
+    if w == 1 {
+        let &(mode, start, len) = &planes[0];
+        return decode_plane(mode, &stored[start..start + len], dst);
+    }
+    // zstd planes are decoded into per-thread scratch (reused, never zeroed: every byte used
+    // is written first); raw planes are merged straight from the blob.
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        if scratch.len() < dst.len() {
+            scratch.resize(dst.len(), 0);
+        }
+        let scratch = &mut scratch[..dst.len()];
+        for (k, (&(mode, start, len), target)) in planes
+            .iter()
+            .zip(scratch.chunks_exact_mut(plane_len))
+            .enumerate()
+        {
+            if mode != 0 {
+                decode_plane(mode, &stored[start..start + len], target)?;
+            } else if len != plane_len {
+                return Err(CodecError::corrupt(format!(
+                    "raw plane {k} length disagrees with chunk"
+                )));
             }
-            // zstd planes are decoded into scratch; raw planes are merged straight from the blob.
-            let mut scratch = vec![0u8; dst.len()];
-            for (k, (&(mode, start, len), target)) in planes
-                .iter()
-                .zip(scratch.chunks_exact_mut(plane_len))
-                .enumerate()
-            {
-                if mode != 0 {
-                    decode_plane(mode, &stored[start..start + len], target)?;
-                } else if len != plane_len {
-                    return Err(CodecError::corrupt(format!(
-                        "raw plane {k} length disagrees with chunk"
-                    )));
+        }
+        let sources: Vec<&[u8]> = planes
+            .iter()
+            .zip(scratch.chunks_exact(plane_len))
+            .map(|(&(mode, start, len), decoded)| {
+                if mode == 0 {
+                    &stored[start..start + len]
+                } else {
+                    decoded
                 }
-            }
-            let sources: Vec<&[u8]> = planes
-                .iter()
-                .zip(scratch.chunks_exact(plane_len))
-                .map(|(&(mode, start, len), decoded)| {
-                    if mode == 0 {
-                        &stored[start..start + len]
-                    } else {
-                        decoded
-                    }
-                })
-                .collect();
-            merge_planes(&sources, dst, w, layout.rotated);
-            Ok(())
-        })
+            })
+            .collect();
+        merge_planes(&sources, dst, w, layout.rotated);
+        Ok(())
+    })
+}
+
+thread_local! {
+    /// Plane scratch of the chunk being decoded on this thread.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A zstd decompression context per thread, reused across planes.
+    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Decodes one plane payload into `target` (whose length is the plane's).
@@ -144,7 +198,16 @@ fn decode_plane(mode: u8, src: &[u8], target: &mut [u8]) -> Result<(), CodecErro
         }
         0 => Err(CodecError::corrupt("raw plane length disagrees with chunk")),
         _ => {
-            let n = zstd::bulk::decompress_to_buffer(src, target)
+            let n = DCTX
+                .with(|d| {
+                    let mut d = d.borrow_mut();
+                    if d.is_none() {
+                        *d = Some(zstd::bulk::Decompressor::new()?);
+                    }
+                    d.as_mut()
+                        .expect("set above")
+                        .decompress_to_buffer(src, target)
+                })
                 .map_err(|e| CodecError::corrupt(format!("zstd plane: {e}")))?;
             if n == target.len() {
                 Ok(())
@@ -305,23 +368,48 @@ fn split_fixed<const W: usize>(chunk: &[u8], planes: &mut [Vec<u8>]) {
 /// Interleaves `w` planes (each `dst.len() / w` bytes) into `dst`, undoing the sign rotation
 /// on the way when `rotated`.
 fn merge_planes(planes: &[&[u8]], dst: &mut [u8], w: usize, rotated: bool) {
-    // One pass, iterators only (no indexing), so the loops compile without bounds checks.
-    macro_rules! merge {
-        ($t:ty, $n:expr) => {{
-            let planes: [&[u8]; $n] = std::array::from_fn(|k| planes[k]);
-            let mut iters = planes.map(|p| p.iter());
-            for elem in dst.chunks_exact_mut($n) {
-                let bytes: [u8; $n] = std::array::from_fn(|k| *iters[k].next().unwrap_or(&0));
-                let word = <$t>::from_le_bytes(bytes);
-                let word = if rotated { word.rotate_right(1) } else { word };
-                elem.copy_from_slice(&word.to_le_bytes());
-            }
-        }};
+    match (w, rotated) {
+        (2, false) => merge::<2, false>(planes, dst),
+        (2, true) => merge::<2, true>(planes, dst),
+        (4, false) => merge::<4, false>(planes, dst),
+        (4, true) => merge::<4, true>(planes, dst),
+        (_, false) => merge::<8, false>(planes, dst),
+        (_, true) => merge::<8, true>(planes, dst),
     }
-    match w {
-        2 => merge!(u16, 2),
-        4 => merge!(u32, 4),
-        _ => merge!(u64, 8),
+}
+
+/// One pass over `LANES` elements at a time (fixed-length chunks: no bounds checks in the inner
+/// loop), then the tail.
+fn merge<const W: usize, const ROTATED: bool>(planes: &[&[u8]], dst: &mut [u8]) {
+    const LANES: usize = 64;
+    #[inline(always)]
+    fn word<const W: usize, const ROTATED: bool>(bytes: [u8; W], out: &mut [u8]) {
+        let mut b = [0u8; 8];
+        b[..W].copy_from_slice(&bytes);
+        let mut x = u64::from_le_bytes(b);
+        if ROTATED {
+            // Rotate right by one bit within a W-byte word.
+            let bits = 8 * W as u32;
+            let mask = if W == 8 { u64::MAX } else { (1u64 << bits) - 1 };
+            x = ((x >> 1) | (x << (bits - 1))) & mask;
+        }
+        out.copy_from_slice(&x.to_le_bytes()[..W]);
+    }
+    let planes: [&[u8]; W] = std::array::from_fn(|k| planes[k]);
+    let n = dst.len() / W;
+    let body = n - n % LANES;
+    let (dst_body, dst_tail) = dst.split_at_mut(body * W);
+    for (i, out) in dst_body.chunks_exact_mut(LANES * W).enumerate() {
+        let src: [&[u8]; W] = std::array::from_fn(|k| &planes[k][i * LANES..(i + 1) * LANES]);
+        for j in 0..LANES {
+            word::<W, ROTATED>(
+                std::array::from_fn(|k| src[k][j]),
+                &mut out[j * W..(j + 1) * W],
+            );
+        }
+    }
+    for (j, out) in dst_tail.chunks_exact_mut(W).enumerate() {
+        word::<W, ROTATED>(std::array::from_fn(|k| planes[k][body + j]), out);
     }
 }
 

@@ -1,0 +1,137 @@
+//! `neurstore embed`: sentence embeddings from a BERT model computed on its stored,
+//! compressed weights.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use neurstore::{Progress, ResidentOptions, SharedBases, Store};
+use neurstore_infer::{Bert, BertConfig, Pooling, TextEncoder};
+use serde::Serialize;
+
+/// What to embed and how.
+pub struct EmbedRequest {
+    pub name: String,
+    pub texts: Vec<String>,
+    pub file: Option<PathBuf>,
+    pub dense: bool,
+    pub tokenizer: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+    pub max_length: usize,
+    pub batch: usize,
+    pub no_normalize: bool,
+}
+
+/// One embedded text.
+#[derive(Serialize)]
+pub struct Embedding {
+    pub text: String,
+    pub embedding: Vec<f32>,
+}
+
+/// The result of `embed`.
+#[derive(Serialize)]
+pub struct EmbedReport {
+    pub model: String,
+    /// "compressed" or "dense".
+    pub weights: &'static str,
+    pub normalized: bool,
+    pub dimensions: usize,
+    /// Bytes the encoder holds, shared bases included.
+    pub held_bytes: usize,
+    pub embeddings: Vec<Embedding>,
+}
+
+/// The texts to embed: `--text` values, then the lines of `--file` ("-" = standard input).
+fn gather_texts(req: &EmbedRequest) -> anyhow::Result<Vec<String>> {
+    let mut texts = req.texts.clone();
+    if let Some(path) = &req.file {
+        let lines: Box<dyn BufRead> = if path == Path::new("-") {
+            Box::new(std::io::stdin().lock())
+        } else {
+            let f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+            Box::new(std::io::BufReader::new(f))
+        };
+        for line in lines.lines() {
+            let line = line.with_context(|| format!("reading {}", path.display()))?;
+            if !line.trim().is_empty() {
+                texts.push(line);
+            }
+        }
+    }
+    if texts.is_empty() {
+        bail!("nothing to embed: give --text TEXT or --file FILE");
+    }
+    Ok(texts)
+}
+
+/// A file of the model from the store, else from `--flag PATH`.
+fn model_or_flag(
+    store: &Store,
+    name: &str,
+    file: &str,
+    flag: &Option<PathBuf>,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    if let Some(path) = flag {
+        return Ok(Some(
+            std::fs::read(path).with_context(|| format!("{}", path.display()))?,
+        ));
+    }
+    Ok(store.model_file(name, file)?)
+}
+
+pub fn embed(root: &Path, req: &EmbedRequest, bar: &dyn Progress) -> anyhow::Result<EmbedReport> {
+    if req.batch == 0 || req.max_length < 2 {
+        bail!("--batch must be at least 1 and --max-length at least 2");
+    }
+    let texts = gather_texts(req)?;
+    let store = Store::open(root)?;
+    let tokenizer = model_or_flag(&store, &req.name, "tokenizer.json", &req.tokenizer)?
+        .with_context(|| {
+            format!(
+                "model {:?} has no tokenizer.json (stored as a bare safetensors file?): pass --tokenizer PATH",
+                req.name
+            )
+        })?;
+    let config = match model_or_flag(&store, &req.name, "config.json", &req.config)? {
+        Some(bytes) => BertConfig::from_json(&bytes)?,
+        None => BertConfig::minilm_l6(),
+    };
+    let normalize = !req.no_normalize
+        && store
+            .model_file(&req.name, "modules.json")?
+            .is_none_or(|m| String::from_utf8_lossy(&m).contains("Normalize"));
+    let encoder = TextEncoder::from_json(&tokenizer, req.max_length.min(config.max_position_embeddings))?;
+    let bases = SharedBases::new();
+    let resident = store.load_resident(&req.name, &bases, ResidentOptions::default())?;
+    let model = Bert::from_resident(&resident, &config, req.dense)?;
+    drop(resident);
+    let pooling = if normalize {
+        Pooling::MeanNormalized
+    } else {
+        Pooling::Mean
+    };
+    let total: u64 = texts.iter().map(|t| t.len() as u64).sum();
+    bar.start("embedding", total);
+    let mut embeddings = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(req.batch) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let vectors = model.embed(&encoder.batch(&refs)?, pooling)?;
+        for (text, embedding) in chunk.iter().zip(vectors) {
+            bar.advance(text.len() as u64);
+            embeddings.push(Embedding {
+                text: text.clone(),
+                embedding,
+            });
+        }
+    }
+    bar.finish();
+    Ok(EmbedReport {
+        model: req.name.clone(),
+        weights: if req.dense { "dense" } else { "compressed" },
+        normalized: normalize,
+        dimensions: config.hidden_size,
+        held_bytes: model.held_bytes() + if req.dense { 0 } else { bases.held_bytes() },
+        embeddings,
+    })
+}
