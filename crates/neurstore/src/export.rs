@@ -19,7 +19,7 @@ use neurstore_core::codec::{self, Codec};
 use neurstore_core::key::TensorKeyHasher;
 
 use crate::Store;
-use crate::decode::check_key;
+use crate::decode::{Fill, check_key};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 
@@ -179,7 +179,7 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<u64> {
         let what = format!("model {:?} file {:?}", snap.model.name, file.path);
-        let head = self.decode_object(&file.object, &what)?;
+        let head = self.decode_object_with(&file.object, &what, Fill::No)?;
         let handle = File::create(dest).map_err(|e| Error::io(dest, e))?;
         let mut w = BufWriter::with_capacity(1 << 20, handle);
         let io = |e| Error::io(dest, e);
@@ -232,9 +232,11 @@ impl Store {
 impl Store {
     /// Writes the tensors of one file in order. Small tensors are decoded in parallel, a
     /// window at a time, into one of two reused buffers, the next window decoding while the
-    /// previous one is written; large ones are streamed block by block. Memory stays within
-    /// two windows (plus the bases a tensor is decoded against, and, for a large bounded
-    /// tensor, that tensor: its format is decoded whole).
+    /// previous one is written; large ones are streamed block by block. Bases come from the
+    /// cache when there but are not added to it (a one-pass export would otherwise keep a
+    /// decoded copy of the whole base model). Memory stays within two windows plus the bases
+    /// of the tensors in flight, except for a large bounded tensor, decoded whole (its format's
+    /// code section is one stream: see `codec::quantized`).
     fn write_tensors(
         &self,
         tensors: &[&TensorRow],
@@ -318,7 +320,7 @@ impl Store {
                         TensorData::Decoded(v) => Some(BlobBytes::Owned(v)),
                     })
                 } else {
-                    self.decode_object_into(&t.object, &what, dst)
+                    self.decode_object_into(&t.object, &what, Fill::No, dst)
                         .map(|()| None)
                 }
             })
@@ -350,7 +352,7 @@ impl Store {
             (Codec::Grouped, None, _) | (Codec::Delta, Some(_), ObjectKind::Tensor { .. })
         );
         if !streamable {
-            let data = self.decode_object(object, &what)?;
+            let data = self.decode_object_with(object, &what, Fill::No)?;
             w.write_all(&data).map_err(io)?;
             progress.advance(data.len() as u64);
             return Ok(data.len() as u64);
@@ -368,7 +370,7 @@ impl Store {
         buf.resize(block.min(raw_len as usize), 0);
         let (base, mut hasher) = match (object.base, object.kind) {
             (Some(base_id), ObjectKind::Tensor { dtype }) => (
-                Some(self.base_bytes(base_id, &what, 1)?),
+                Some(self.base_bytes_with(base_id, &what, 1, Fill::No)?),
                 Some(TensorKeyHasher::new(dtype, &object.shape)),
             ),
             _ => (None, None),

@@ -48,6 +48,7 @@ pub use decode::BaseCacheStats;
 pub use error::{Error, ErrorKind, Result};
 pub use export::{GetReport, LoadedTensor, TensorData};
 pub use inspect::{FileInfo, KindStats, ModelInfo, ModelSummary, Stats, TensorInfo, VerifyReport};
+pub use neurstore_core::kernel::{BaseMatrix, QuantMatrix};
 pub use neurstore_core::dtype::DType;
 pub use neurstore_storage::{GcReport, RecoveryReport, StorageError};
 pub use progress::{NoProgress, Progress};

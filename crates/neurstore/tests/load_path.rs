@@ -111,6 +111,17 @@ fn ten_fine_tunes_decode_their_base_once() {
     assert_eq!(&written[header_len..], &loaded[..]);
     assert_eq!(store.base_cache_stats().misses, 3);
 
+    // `get` reads through the cache but does not fill it (one pass: no second copy of the base).
+    let fresh = Store::open(&root).unwrap();
+    fresh.get("ft3", &out, &NoProgress).unwrap();
+    assert!(std::fs::read(&out).unwrap() == written);
+    let stats = fresh.base_cache_stats();
+    assert_eq!(
+        (stats.misses, stats.entries, stats.held_bytes),
+        (3, 0, 0),
+        "{stats:?}"
+    );
+
     // A cache too small for any base: every read decodes its bases again, still correctly.
     let tiny = Store::open_with(
         &root,

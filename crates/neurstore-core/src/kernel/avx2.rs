@@ -1,7 +1,8 @@
 //! AVX2 + FMA kernels; callers check the CPU first ([`super::Isa::detect`]).
 //!
-//! - batch 1: fused decode-and-dot over the packed codes (`step · Σ code·x`, plus the base's
-//!   part and the exception correction), one pass over each row's bytes;
+//! - batch 1: fused decode-and-dot over the packed codes (`step · Σ code·x`), the base's part
+//!   (its codes or f32 elements) in the same pass with each x vector loaded once, then the
+//!   exceptions' correction; one pass over each row's bytes;
 //! - batch ≥ 2: rows are dequantized a tile at a time into a reused buffer (about
 //!   [`TILE_FLOATS`] floats, so it stays in L2), then a register-blocked micro-kernel
 //!   computes [`MR`] batch rows × [`NR`] output rows as dot products along k.
@@ -77,6 +78,16 @@ mod imp {
         }
     }
 
+    /// Code `c` of a packed row of `B`-bit codes (as [`Packed::code`], width fixed).
+    #[inline(always)]
+    fn code_at<const B: u32>(row: &[u8], c: usize) -> i32 {
+        match B {
+            4 => ((((row[c / 2] >> (4 * (c % 2))) & 0x0F) ^ 8) as i32) - 8,
+            8 => row[c] as i8 as i32,
+            _ => i16::from_le_bytes([row[2 * c], row[2 * c + 1]]) as i32,
+        }
+    }
+
     /// Batch 1: one fused pass per row over the codes and the base (its codes or its f32
     /// elements), x loaded once for both; the width and base kind are dispatched once.
     fn gemv(m: &QuantMatrix, x: &[f32], bias: Option<&[f32]>, rows: Range<usize>, y: &mut [f32]) {
@@ -131,15 +142,34 @@ mod imp {
                     _ => m.step32 * dot_codes_w::<B>(row, x.as_ptr(), cols),
                 }
             };
-            let base_exc = match m.base.as_deref() {
-                Some(BaseMatrix::Quant(q)) if BB != 0 && BB != 32 => {
-                    q.exc_ptr[r] != q.exc_ptr[r + 1]
+            // The exceptions' correction (`gemv_correction`, specialized): Σ (v − base_c)·x_c,
+            // then a quantized base's own exceptions, which are rare.
+            let (ecols, evals) = m.row_exceptions(r);
+            let mut corr = 0f32;
+            match m.base.as_deref() {
+                Some(BaseMatrix::Dense(data)) if BB == 32 => {
+                    let brow = &data[r * cols..(r + 1) * cols];
+                    for (&c, &v) in ecols.iter().zip(evals) {
+                        corr += (v - brow[c as usize]) * x[c as usize];
+                    }
                 }
-                _ => false,
-            };
-            if base_exc || m.exc_ptr[r] != m.exc_ptr[r + 1] {
-                acc += m.gemv_correction(r, x);
+                Some(BaseMatrix::Quant(q)) if BB != 0 && BB != 32 => {
+                    let brow = q.codes.row(r);
+                    for (&c, &v) in ecols.iter().zip(evals) {
+                        let b = code_at::<BB>(brow, c as usize) as f32 * q.step32;
+                        corr += (v - b) * x[c as usize];
+                    }
+                    if q.exc_ptr[r] != q.exc_ptr[r + 1] {
+                        corr += m.base_exception_correction(r, x);
+                    }
+                }
+                _ => {
+                    for (&c, &v) in ecols.iter().zip(evals) {
+                        corr += v * x[c as usize];
+                    }
+                }
             }
+            acc += corr;
             y[j] = acc + bias.map_or(0.0, |b| b[r]);
         }
     }
@@ -311,6 +341,37 @@ mod imp {
         }
     }
 
+    /// For dot products: the group at `p` scaled by `1 / dot_scale::<B>()`: 4-bit codes come as
+    /// `code · 2^28` (the nibble left at the top of its lane and masked, one shift fewer than
+    /// the sign-extending [`decode`]; exact in f32, and sums scale back exactly unless
+    /// |x| > 2^96), other widths as [`decode`] gives them.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn decode_dot<const B: u32>(p: *const u8) -> (__m256, __m256) {
+        // SAFETY: the caller guarantees a whole group (2·B bytes) at `p`.
+        unsafe {
+            if B == 4 {
+                let up = _mm256_setr_epi32(28, 24, 20, 16, 12, 8, 4, 0);
+                let top = _mm256_set1_epi32(0xF000_0000u32 as i32);
+                let word = |at: *const u8| _mm256_set1_epi32(at.cast::<i32>().read_unaligned());
+                let lo = _mm256_and_si256(_mm256_sllv_epi32(word(p), up), top);
+                let hi = _mm256_and_si256(_mm256_sllv_epi32(word(p.add(4)), up), top);
+                (_mm256_cvtepi32_ps(lo), _mm256_cvtepi32_ps(hi))
+            } else {
+                decode::<B>(p)
+            }
+        }
+    }
+
+    /// What a sum over [`decode_dot`] values is multiplied by (exactly, a power of two).
+    const fn dot_scale<const B: u32>() -> f32 {
+        if B == 4 {
+            1.0 / (1u32 << 28) as f32
+        } else {
+            1.0
+        }
+    }
+
     #[target_feature(enable = "avx2,fma")]
     unsafe fn dequant<const B: u32>(row: &[u8], step: f32, with_base: bool, out: &mut [f32]) {
         let (n, gb) = (out.len(), 2 * B as usize);
@@ -359,8 +420,8 @@ mod imp {
         unsafe {
             let mut g = 0;
             while g + 2 <= full {
-                let (l0, h0) = decode::<B>(row.add(g * gb));
-                let (l1, h1) = decode::<B>(row.add((g + 1) * gb));
+                let (l0, h0) = decode_dot::<B>(row.add(g * gb));
+                let (l1, h1) = decode_dot::<B>(row.add((g + 1) * gb));
                 let xp = x.add(g * GROUP);
                 a[0] = _mm256_fmadd_ps(l0, _mm256_loadu_ps(xp), a[0]);
                 a[1] = _mm256_fmadd_ps(h0, _mm256_loadu_ps(xp.add(8)), a[1]);
@@ -369,22 +430,23 @@ mod imp {
                 g += 2;
             }
             if g < full {
-                let (l0, h0) = decode::<B>(row.add(g * gb));
+                let (l0, h0) = decode_dot::<B>(row.add(g * gb));
                 let xp = x.add(g * GROUP);
                 a[0] = _mm256_fmadd_ps(l0, _mm256_loadu_ps(xp), a[0]);
                 a[1] = _mm256_fmadd_ps(h0, _mm256_loadu_ps(xp.add(8)), a[1]);
             }
             if !n.is_multiple_of(GROUP) {
-                let (l0, h0) = decode::<B>(row.add(full * gb));
+                let (l0, h0) = decode_dot::<B>(row.add(full * gb));
                 let (m0, m1) = (lanes_below(n % GROUP, 0), lanes_below(n % GROUP, 8));
                 let xp = x.add(full * GROUP);
                 a[2] = _mm256_fmadd_ps(l0, _mm256_maskload_ps(xp, m0), a[2]);
                 a[3] = _mm256_fmadd_ps(h0, _mm256_maskload_ps(xp.add(8), m1), a[3]);
             }
-            hsum(_mm256_add_ps(
-                _mm256_add_ps(a[0], a[1]),
-                _mm256_add_ps(a[2], a[3]),
-            ))
+            dot_scale::<B>()
+                * hsum(_mm256_add_ps(
+                    _mm256_add_ps(a[0], a[1]),
+                    _mm256_add_ps(a[2], a[3]),
+                ))
         }
     }
 
@@ -399,7 +461,7 @@ mod imp {
                 let f = p.cast::<f32>();
                 (_mm256_loadu_ps(f), _mm256_loadu_ps(f.add(8)))
             } else {
-                decode::<BB>(p)
+                decode_dot::<BB>(p)
             }
         }
     }
@@ -419,7 +481,7 @@ mod imp {
                 let f = p.cast::<f32>();
                 (_mm256_maskload_ps(f, m0), _mm256_maskload_ps(f.add(8), m1))
             } else {
-                decode::<BB>(p)
+                decode_dot::<BB>(p)
             }
         }
     }
@@ -442,8 +504,8 @@ mod imp {
         unsafe {
             let mut g = 0;
             while g + 2 <= full {
-                let (l0, h0) = decode::<B>(row.add(g * gb));
-                let (l1, h1) = decode::<B>(row.add((g + 1) * gb));
+                let (l0, h0) = decode_dot::<B>(row.add(g * gb));
+                let (l1, h1) = decode_dot::<B>(row.add((g + 1) * gb));
                 let (bl0, bh0) = load_base::<BB>(base.add(g * gbb));
                 let (bl1, bh1) = load_base::<BB>(base.add((g + 1) * gbb));
                 let xp = x.add(g * GROUP);
@@ -460,7 +522,7 @@ mod imp {
                 g += 2;
             }
             if g < full {
-                let (l0, h0) = decode::<B>(row.add(g * gb));
+                let (l0, h0) = decode_dot::<B>(row.add(g * gb));
                 let (bl0, bh0) = load_base::<BB>(base.add(g * gbb));
                 let xp = x.add(g * GROUP);
                 let (x0, x1) = (_mm256_loadu_ps(xp), _mm256_loadu_ps(xp.add(8)));
@@ -471,7 +533,7 @@ mod imp {
             }
             if !n.is_multiple_of(GROUP) {
                 let (m0, m1) = (lanes_below(n % GROUP, 0), lanes_below(n % GROUP, 8));
-                let (l0, h0) = decode::<B>(row.add(full * gb));
+                let (l0, h0) = decode_dot::<B>(row.add(full * gb));
                 let (bl0, bh0) = load_base_masked::<BB>(base.add(full * gbb), m0, m1);
                 let xp = x.add(full * GROUP);
                 let (x0, x1) = (
@@ -489,7 +551,8 @@ mod imp {
                     _mm256_add_ps(v[2], v[3]),
                 ))
             };
-            (sum(a), sum(b))
+            let sb = if BB == 32 { 1.0 } else { dot_scale::<BB>() };
+            (dot_scale::<B>() * sum(a), sb * sum(b))
         }
     }
 }

@@ -448,20 +448,13 @@ impl QuantMatrix {
         (&self.exc_col[span.clone()], &self.exc_val[span])
     }
 
-    /// What the fused batch-1 kernel misses on row `r`: it computes
-    /// `step·Σ code·x + Σ base_i·x` with a quantized base's part as `base_step·Σ base_code·x`,
-    /// all codes at exceptions being 0; this returns `Σ (true_i − computed_i)·x_i`.
-    fn gemv_correction(&self, r: usize, x: &[f32]) -> f32 {
-        let (cols, vals) = self.row_exceptions(r);
+    /// The fused batch-1 kernel computes `step·Σ code·x + Σ base_i·x` with a quantized base's
+    /// part as `base_step·Σ base_code·x`, all codes at exceptions being 0; it adds
+    /// `Σ (true_i − computed_i)·x_i` over this matrix's exceptions itself, and this: the part
+    /// from a quantized base's own exceptions on row `r` (0 without one).
+    fn base_exception_correction(&self, r: usize, x: &[f32]) -> f32 {
         let mut sum = 0f32;
-        let base_at = |c: usize| match self.base.as_deref() {
-            None => 0.0,
-            Some(BaseMatrix::Dense(data)) => data[r * self.cols + c],
-            Some(BaseMatrix::Quant(q)) => q.codes.code(r, c) as f32 * q.step32,
-        };
-        for (&c, &v) in cols.iter().zip(vals) {
-            sum += (v - base_at(c as usize)) * x[c as usize];
-        }
+        let (cols, _) = self.row_exceptions(r);
         if let Some(BaseMatrix::Quant(q)) = self.base.as_deref() {
             // A base exception under an ordinary code: true = fma(code, step, e_b), computed
             // = code·step.
