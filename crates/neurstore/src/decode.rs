@@ -139,7 +139,8 @@ impl Store {
     }
 
     /// Reads and decodes one object into `out` (exactly its raw length), resolving its base
-    /// chain; a raw object's verified bytes are copied.
+    /// chain; a raw object's verified bytes are copied. For one-pass exports: the blob's mapped
+    /// pages are released afterwards.
     pub(crate) fn decode_object_into(
         &self,
         object: &ObjectRow,
@@ -151,7 +152,9 @@ impl Store {
         if object.raw_len != out.len() as u64 {
             return Err(StorageError::corrupt(what, "raw length disagrees with the buffer").into());
         }
-        self.decode_stored(object, &stored, what, 0, fill, out)
+        self.decode_stored(object, &stored, what, 0, fill, out)?;
+        crate::export::release(&stored);
+        Ok(())
     }
 
     /// Decodes checksum-verified `stored` bytes of `object` into `out` and, for an object

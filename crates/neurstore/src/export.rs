@@ -258,6 +258,9 @@ impl Store {
                     None => &buf[at..at + len],
                 };
                 w.write_all(bytes).map_err(|e| Error::io(dest, e))?;
+                if let Some(b) = stored {
+                    release(b);
+                }
                 at += len;
                 n += len as u64;
                 progress.advance(len as u64);
@@ -402,6 +405,7 @@ impl Store {
             progress.advance(len as u64);
             start += len as u64;
         }
+        release(&stored);
         if let Some(h) = hasher {
             check_key(object, &h.finalize(), &what)?;
         }
@@ -500,6 +504,24 @@ fn batches<'b, 'a>(tensors: &'b [&'a TensorRow]) -> Vec<Batch<'b, 'a>> {
 struct Decoded<'b, 'a> {
     tensors: &'b [&'a TensorRow],
     stored: Vec<Option<BlobBytes>>,
+}
+
+/// Drops this process's mapping of a blob's pages once a one-pass export has used them (they
+/// stay in the page cache): the export's resident memory then does not grow with the model.
+pub(crate) fn release(blob: &BlobBytes) {
+    #[cfg(unix)]
+    if let BlobBytes::Mapped(map, range) = blob {
+        let start = range.start - range.start % 4096;
+        // SAFETY: pack bytes below the committed length never change while the pack exists (a
+        // store invariant), and pages of a read-only shared file mapping dropped here are
+        // faulted back from the file, so every reader of this map, on any thread, keeps
+        // seeing the same bytes.
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, range.end - start)
+        };
+    }
+    #[cfg(not(unix))]
+    let _ = blob;
 }
 
 /// A temporary path beside `out`, in the same directory so the final rename is atomic.

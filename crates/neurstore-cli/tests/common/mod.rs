@@ -3,16 +3,24 @@
 
 use std::path::Path;
 
-/// A safetensors file of F32 tensors laid out back to back, in the given order.
+/// A safetensors file of 1-D F32 tensors laid out back to back, in the given order.
 pub fn safetensors(tensors: &[(&str, &[f32])]) -> Vec<u8> {
+    let shaped: Vec<(&str, Vec<usize>, &[f32])> =
+        tensors.iter().map(|(n, v)| (*n, vec![v.len()], *v)).collect();
+    safetensors_shaped(&shaped)
+}
+
+/// A safetensors file of F32 tensors of the given shapes, back to back, in the given order.
+pub fn safetensors_shaped(tensors: &[(&str, Vec<usize>, &[f32])]) -> Vec<u8> {
     let mut entries = Vec::new();
     let mut data = Vec::new();
-    for (name, values) in tensors {
+    for (name, shape, values) in tensors {
         let start = data.len();
         data.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
         entries.push(format!(
             r#""{name}":{{"dtype":"F32","shape":[{}],"data_offsets":[{start},{}]}}"#,
-            values.len(),
+            dims.join(","),
             data.len()
         ));
     }
