@@ -101,7 +101,10 @@ pub fn embed(root: &Path, req: &EmbedRequest, bar: &dyn Progress) -> anyhow::Res
         && store
             .model_file(&req.name, "modules.json")?
             .is_none_or(|m| String::from_utf8_lossy(&m).contains("Normalize"));
-    let encoder = TextEncoder::from_json(&tokenizer, req.max_length.min(config.max_position_embeddings))?;
+    let encoder = TextEncoder::from_json(
+        &tokenizer,
+        req.max_length.min(config.max_position_embeddings),
+    )?;
     let bases = SharedBases::new();
     let resident = store.load_resident(&req.name, &bases, ResidentOptions::default())?;
     let model = Bert::from_resident(&resident, &config, req.dense)?;

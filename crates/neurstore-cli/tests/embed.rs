@@ -42,7 +42,9 @@ const TOKENIZER: &str = r###"{"version":"1.0","truncation":null,"padding":null,"
 fn values(n: usize, seed: &mut u64, scale: f32, offset: f32) -> Vec<f32> {
     (0..n)
         .map(|_| {
-            *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             offset + scale * (((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
         })
         .collect()
@@ -55,11 +57,29 @@ fn write_model(dir: &Path, with_tokenizer: bool) {
         let n = shape.iter().product();
         tensors.push((name.to_string(), shape, values(n, &mut seed, scale, offset)));
     };
-    t("embeddings.word_embeddings.weight", vec![VOCAB, H], 0.5, 0.0);
-    t("embeddings.position_embeddings.weight", vec![MAX_POS, H], 0.3, 0.0);
-    t("embeddings.token_type_embeddings.weight", vec![2, H], 0.3, 0.0);
-    for norm in ["embeddings.LayerNorm", "encoder.layer.0.attention.output.LayerNorm",
-        "encoder.layer.0.output.LayerNorm"] {
+    t(
+        "embeddings.word_embeddings.weight",
+        vec![VOCAB, H],
+        0.5,
+        0.0,
+    );
+    t(
+        "embeddings.position_embeddings.weight",
+        vec![MAX_POS, H],
+        0.3,
+        0.0,
+    );
+    t(
+        "embeddings.token_type_embeddings.weight",
+        vec![2, H],
+        0.3,
+        0.0,
+    );
+    for norm in [
+        "embeddings.LayerNorm",
+        "encoder.layer.0.attention.output.LayerNorm",
+        "encoder.layer.0.output.LayerNorm",
+    ] {
         t(&format!("{norm}.weight"), vec![H], 0.1, 1.0);
         t(&format!("{norm}.bias"), vec![H], 0.1, 0.0);
     }
@@ -71,8 +91,18 @@ fn write_model(dir: &Path, with_tokenizer: bool) {
         ("intermediate.dense", INTER, H),
         ("output.dense", H, INTER),
     ] {
-        t(&format!("encoder.layer.0.{name}.weight"), vec![rows, cols], 0.4, 0.0);
-        t(&format!("encoder.layer.0.{name}.bias"), vec![rows], 0.1, 0.0);
+        t(
+            &format!("encoder.layer.0.{name}.weight"),
+            vec![rows, cols],
+            0.4,
+            0.0,
+        );
+        t(
+            &format!("encoder.layer.0.{name}.bias"),
+            vec![rows],
+            0.1,
+            0.0,
+        );
     }
     let refs: Vec<(&str, Vec<usize>, &[f32])> = tensors
         .iter()
@@ -108,7 +138,11 @@ fn ns(store: &Path, args: &[&str], stdin: Option<&str>) -> Output {
 
 fn ok_json(store: &Path, args: &[&str], stdin: Option<&str>) -> Value {
     let out = ns(store, args, stdin);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -117,7 +151,14 @@ fn vectors(v: &Value) -> Vec<Vec<f64>> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
+        .map(|e| {
+            e["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        })
         .collect()
 }
 
@@ -130,12 +171,28 @@ fn embeds_from_compressed_weights_like_the_dense_model() {
     let bert = bert.to_str().unwrap();
     assert!(ns(&store, &["init"], None).status.success());
     assert!(ns(&store, &["put", "exact", bert], None).status.success());
-    let put = ns(&store, &["put", "q", bert, "--tolerance", "1e-3", "--base", "none"], None);
-    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let put = ns(
+        &store,
+        &["put", "q", bert, "--tolerance", "1e-3", "--base", "none"],
+        None,
+    );
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
 
     let texts = ["--text", "Hello world.", "--text", "the models store"];
-    let q = ok_json(&store, &[&["embed", "q", "--json"][..], &texts[..]].concat(), None);
-    let d = ok_json(&store, &[&["embed", "exact", "--json", "--dense"][..], &texts[..]].concat(), None);
+    let q = ok_json(
+        &store,
+        &[&["embed", "q", "--json"][..], &texts[..]].concat(),
+        None,
+    );
+    let d = ok_json(
+        &store,
+        &[&["embed", "exact", "--json", "--dense"][..], &texts[..]].concat(),
+        None,
+    );
     assert_eq!(q["weights"], "compressed");
     assert_eq!(q["dimensions"], H);
     assert_eq!(q["normalized"], true);
@@ -154,9 +211,17 @@ fn embeds_from_compressed_weights_like_the_dense_model() {
     // A file of lines (blank ones skipped) and stdin give the same vectors as --text.
     let lines = dir.path().join("lines.txt");
     std::fs::write(&lines, "Hello world.\n\nthe models store\n").unwrap();
-    let from_file = ok_json(&store, &["embed", "q", "--json", "--file", lines.to_str().unwrap()], None);
+    let from_file = ok_json(
+        &store,
+        &["embed", "q", "--json", "--file", lines.to_str().unwrap()],
+        None,
+    );
     assert_eq!(vectors(&from_file), qv);
-    let from_stdin = ok_json(&store, &["embed", "q", "--json", "--file", "-"], Some("Hello world.\n"));
+    let from_stdin = ok_json(
+        &store,
+        &["embed", "q", "--json", "--file", "-"],
+        Some("Hello world.\n"),
+    );
     assert_eq!(vectors(&from_stdin)[0], qv[0]);
 
     // Text output: one line of H numbers per text.
@@ -173,7 +238,11 @@ fn missing_pieces_are_clear_errors() {
     write_model(&dir.path().join("bert"), false);
     let file = dir.path().join("bert/model.safetensors");
     assert!(ns(&store, &["init"], None).status.success());
-    assert!(ns(&store, &["put", "bare", file.to_str().unwrap()], None).status.success());
+    assert!(
+        ns(&store, &["put", "bare", file.to_str().unwrap()], None)
+            .status
+            .success()
+    );
     let err = |args: &[&str]| {
         let out = ns(&store, args, None);
         assert!(!out.status.success());
@@ -185,15 +254,34 @@ fn missing_pieces_are_clear_errors() {
     // With a tokenizer given, the bare file runs on the default (MiniLM) config: wrong shapes.
     let tok = dir.path().join("tokenizer.json");
     std::fs::write(&tok, TOKENIZER).unwrap();
-    let e = err(&["embed", "bare", "--text", "hi", "--tokenizer", tok.to_str().unwrap()]);
+    let e = err(&[
+        "embed",
+        "bare",
+        "--text",
+        "hi",
+        "--tokenizer",
+        tok.to_str().unwrap(),
+    ]);
     assert!(e.contains("shape"), "{e}");
     let cfg = dir.path().join("config.json");
     std::fs::write(&cfg, CONFIG).unwrap();
     let out = ns(
         &store,
-        &["embed", "bare", "--text", "hi", "--tokenizer", tok.to_str().unwrap(),
-          "--config", cfg.to_str().unwrap()],
+        &[
+            "embed",
+            "bare",
+            "--text",
+            "hi",
+            "--tokenizer",
+            tok.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
         None,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -82,7 +82,10 @@ impl Weights<'_> {
             .ok_or_else(|| self.err(format!("no tensor {full:?}")))?;
         let want: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
         if t.shape != want {
-            return Err(self.err(format!("{full:?} has shape {:?}, expected {want:?}", t.shape)));
+            return Err(self.err(format!(
+                "{full:?} has shape {:?}, expected {want:?}",
+                t.shape
+            )));
         }
         Ok(t)
     }
@@ -121,7 +124,11 @@ impl Weights<'_> {
 
     fn norm(&self, name: &str, len: usize, eps: f64) -> Result<LayerNorm> {
         let v = |n: &str| -> Result<Tensor> {
-            Ok(Tensor::from_vec(self.vector(&format!("{name}.{n}"), len)?, len, &Device::Cpu)?)
+            Ok(Tensor::from_vec(
+                self.vector(&format!("{name}.{n}"), len)?,
+                len,
+                &Device::Cpu,
+            )?)
         };
         Ok(LayerNorm {
             gamma: v("weight")?,
@@ -155,7 +162,11 @@ impl Bert {
             Some(s) => return Err(w.err(format!("{word_name:?} has shape {s:?}"))),
             None => return Err(w.err(format!("no tensor {word_name:?}"))),
         };
-        let (h, i, eps) = (config.hidden_size, config.intermediate_size, config.layer_norm_eps);
+        let (h, i, eps) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.layer_norm_eps,
+        );
         let layers = (0..config.num_hidden_layers)
             .map(|l| {
                 let p = format!("encoder.layer.{l}");
@@ -184,7 +195,11 @@ impl Bert {
                 h,
             )?,
             token_type: w
-                .dense("embeddings.token_type_embeddings.weight", type_rows.max(1), h)?
+                .dense(
+                    "embeddings.token_type_embeddings.weight",
+                    type_rows.max(1),
+                    h,
+                )?
                 .narrow(0, 0, 1)?,
             embedding_norm: w.norm("embeddings.LayerNorm", h, eps)?,
             layers,
@@ -204,10 +219,17 @@ impl Bert {
                 .layers
                 .iter()
                 .map(|l| {
-                    [&l.query, &l.key, &l.value, &l.attention_out, &l.intermediate, &l.output]
-                        .iter()
-                        .map(|x| x.held_bytes())
-                        .sum::<usize>()
+                    [
+                        &l.query,
+                        &l.key,
+                        &l.value,
+                        &l.attention_out,
+                        &l.intermediate,
+                        &l.output,
+                    ]
+                    .iter()
+                    .map(|x| x.held_bytes())
+                    .sum::<usize>()
                         + n(&l.attention_norm)
                         + n(&l.output_norm)
                 })
@@ -245,7 +267,9 @@ impl Bert {
             let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&mask_bias)?;
             let p = candle_nn::ops::softmax_last_dim(&scores)?;
             let ctx = p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
-            let a = l.attention_norm.forward(&(l.attention_out.forward(&ctx)? + &x)?)?;
+            let a = l
+                .attention_norm
+                .forward(&(l.attention_out.forward(&ctx)? + &x)?)?;
             let f = l.intermediate.forward(&a)?.gelu_erf()?;
             x = l.output_norm.forward(&(l.output.forward(&f)? + &a)?)?;
         }
@@ -260,7 +284,11 @@ impl Bert {
         let count = m.sum(1)?.clamp(1e-9, f64::MAX)?;
         let mut pooled = sum.broadcast_div(&count)?;
         if pooling == Pooling::MeanNormalized {
-            let norm = pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+            let norm = pooled
+                .sqr()?
+                .sum_keepdim(D::Minus1)?
+                .sqrt()?
+                .clamp(1e-12, f64::MAX)?;
             pooled = pooled.broadcast_div(&norm)?;
         }
         Ok(pooled.to_vec2::<f32>()?)

@@ -56,7 +56,7 @@ impl BertConfig {
         let c: BertConfig = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
         if c.hidden_size == 0
             || c.num_attention_heads == 0
-            || c.hidden_size % c.num_attention_heads != 0
+            || !c.hidden_size.is_multiple_of(c.num_attention_heads)
             || c.num_hidden_layers == 0
             || c.intermediate_size == 0
         {
@@ -66,7 +66,10 @@ impl BertConfig {
             )));
         }
         if c.hidden_act != "gelu" {
-            return Err(bad(format!("hidden_act {:?} is not supported (only \"gelu\")", c.hidden_act)));
+            return Err(bad(format!(
+                "hidden_act {:?} is not supported (only \"gelu\")",
+                c.hidden_act
+            )));
         }
         Ok(c)
     }
@@ -81,10 +84,18 @@ mod tests {
         let json = br#"{"hidden_size":384,"num_hidden_layers":6,"num_attention_heads":12,
             "intermediate_size":1536,"max_position_embeddings":512,"layer_norm_eps":1e-12,
             "hidden_act":"gelu","vocab_size":30522}"#;
-        assert_eq!(BertConfig::from_json(json).unwrap(), BertConfig::minilm_l6());
+        assert_eq!(
+            BertConfig::from_json(json).unwrap(),
+            BertConfig::minilm_l6()
+        );
         let odd = br#"{"hidden_size":384,"num_hidden_layers":6,"num_attention_heads":7,
             "intermediate_size":1536,"max_position_embeddings":512}"#;
-        assert!(BertConfig::from_json(odd).unwrap_err().to_string().contains("multiple"));
+        assert!(
+            BertConfig::from_json(odd)
+                .unwrap_err()
+                .to_string()
+                .contains("multiple")
+        );
         let relu = br#"{"hidden_size":8,"num_hidden_layers":1,"num_attention_heads":2,
             "intermediate_size":8,"max_position_embeddings":8,"hidden_act":"relu"}"#;
         assert!(BertConfig::from_json(relu).is_err());

@@ -23,7 +23,11 @@ pub enum Matrix {
 impl Matrix {
     /// A dense matrix from row-major elements.
     pub fn dense(data: Vec<f32>, rows: usize, cols: usize) -> Result<Self> {
-        Ok(Matrix::Dense(Tensor::from_vec(data, (rows, cols), &Device::Cpu)?))
+        Ok(Matrix::Dense(Tensor::from_vec(
+            data,
+            (rows, cols),
+            &Device::Cpu,
+        )?))
     }
 
     /// (rows, cols).

@@ -22,7 +22,9 @@ impl Batch {
     pub fn from_ids(seqs: &[Vec<u32>]) -> Result<Self> {
         let len = seqs.iter().map(Vec::len).max().unwrap_or(0);
         if seqs.is_empty() || len == 0 {
-            return Err(InferError::Input("an empty batch or an empty sequence".into()));
+            return Err(InferError::Input(
+                "an empty batch or an empty sequence".into(),
+            ));
         }
         let mut ids = vec![0u32; seqs.len() * len];
         let mut mask = vec![0f32; seqs.len() * len];
@@ -73,7 +75,10 @@ impl TextEncoder {
 
     /// A padded batch of texts.
     pub fn batch(&self, texts: &[&str]) -> Result<Batch> {
-        let seqs = texts.iter().map(|t| self.ids(t)).collect::<Result<Vec<_>>>()?;
+        let seqs = texts
+            .iter()
+            .map(|t| self.ids(t))
+            .collect::<Result<Vec<_>>>()?;
         Batch::from_ids(&seqs)
     }
 }

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use neurstore::{
-    BaseChoice, DType, Mode, NoProgress, PutOptions, ResidentOptions, ResidentWeight,
-    SharedBases, Store, TensorInput,
+    BaseChoice, DType, Mode, NoProgress, PutOptions, ResidentOptions, ResidentWeight, SharedBases,
+    Store, TensorInput,
 };
 use neurstore_infer::{Batch, Bert, BertConfig, InferError, Pooling};
 
@@ -51,15 +51,34 @@ fn weights(seed: u64) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         let v: Vec<f32> = (0..n)
             .map(|_| {
                 let b = offset + scale * base.next();
-                if seed == 1 { b } else { b + 0.002 * tweak.next() }
+                if seed == 1 {
+                    b
+                } else {
+                    b + 0.002 * tweak.next()
+                }
             })
             .collect();
         (name, shape, v)
     };
     let mut out = vec![
-        t("embeddings.word_embeddings.weight".into(), vec![VOCAB, H], 0.5, 0.0),
-        t("embeddings.position_embeddings.weight".into(), vec![MAX_POS, H], 0.3, 0.0),
-        t("embeddings.token_type_embeddings.weight".into(), vec![2, H], 0.3, 0.0),
+        t(
+            "embeddings.word_embeddings.weight".into(),
+            vec![VOCAB, H],
+            0.5,
+            0.0,
+        ),
+        t(
+            "embeddings.position_embeddings.weight".into(),
+            vec![MAX_POS, H],
+            0.3,
+            0.0,
+        ),
+        t(
+            "embeddings.token_type_embeddings.weight".into(),
+            vec![2, H],
+            0.3,
+            0.0,
+        ),
         t("embeddings.LayerNorm.weight".into(), vec![H], 0.1, 1.0),
         t("embeddings.LayerNorm.bias".into(), vec![H], 0.1, 0.0),
     ];
@@ -122,7 +141,10 @@ fn get<'a>(w: &'a [(String, Vec<usize>, Vec<f32>)], name: &str) -> &'a [f32] {
 }
 
 fn linear(w: &[(String, Vec<usize>, Vec<f32>)], name: &str, x: &[Vec<f64>]) -> Vec<Vec<f64>> {
-    let (wt, b) = (get(w, &format!("{name}.weight")), get(w, &format!("{name}.bias")));
+    let (wt, b) = (
+        get(w, &format!("{name}.weight")),
+        get(w, &format!("{name}.bias")),
+    );
     let cols = x[0].len();
     x.iter()
         .map(|row| {
@@ -140,7 +162,10 @@ fn linear(w: &[(String, Vec<usize>, Vec<f32>)], name: &str, x: &[Vec<f64>]) -> V
 }
 
 fn layer_norm(w: &[(String, Vec<usize>, Vec<f32>)], name: &str, x: &[Vec<f64>]) -> Vec<Vec<f64>> {
-    let (g, b) = (get(w, &format!("{name}.weight")), get(w, &format!("{name}.bias")));
+    let (g, b) = (
+        get(w, &format!("{name}.weight")),
+        get(w, &format!("{name}.bias")),
+    );
     x.iter()
         .map(|row| {
             let n = row.len() as f64;
@@ -193,7 +218,9 @@ fn reference(w: &[(String, Vec<usize>, Vec<f32>)], ids: &[u32]) -> Vec<f64> {
             for i in 0..t {
                 let scores: Vec<f64> = (0..t)
                     .map(|j| {
-                        (0..d).map(|c| q[i][h * d + c] * k[j][h * d + c]).sum::<f64>()
+                        (0..d)
+                            .map(|c| q[i][h * d + c] * k[j][h * d + c])
+                            .sum::<f64>()
                             / (d as f64).sqrt()
                     })
                     .collect();
@@ -208,14 +235,26 @@ fn reference(w: &[(String, Vec<usize>, Vec<f32>)], ids: &[u32]) -> Vec<f64> {
             }
         }
         let o = linear(w, &format!("{p}.attention.output.dense"), &ctx);
-        let sum: Vec<Vec<f64>> = o.iter().zip(&x).map(|(a, b)| a.iter().zip(b).map(|(p, q)| p + q).collect()).collect();
+        let sum: Vec<Vec<f64>> = o
+            .iter()
+            .zip(&x)
+            .map(|(a, b)| a.iter().zip(b).map(|(p, q)| p + q).collect())
+            .collect();
         let a = layer_norm(w, &format!("{p}.attention.output.LayerNorm"), &sum);
         let f: Vec<Vec<f64>> = linear(w, &format!("{p}.intermediate.dense"), &a)
             .into_iter()
-            .map(|r| r.into_iter().map(|v| 0.5 * v * (1.0 + erf(v / 2f64.sqrt()))).collect())
+            .map(|r| {
+                r.into_iter()
+                    .map(|v| 0.5 * v * (1.0 + erf(v / 2f64.sqrt())))
+                    .collect()
+            })
             .collect();
         let o = linear(w, &format!("{p}.output.dense"), &f);
-        let sum: Vec<Vec<f64>> = o.iter().zip(&a).map(|(p, q)| p.iter().zip(q).map(|(u, v)| u + v).collect()).collect();
+        let sum: Vec<Vec<f64>> = o
+            .iter()
+            .zip(&a)
+            .map(|(p, q)| p.iter().zip(q).map(|(u, v)| u + v).collect())
+            .collect();
         x = layer_norm(w, &format!("{p}.output.LayerNorm"), &sum);
     }
     (0..H)
@@ -224,7 +263,10 @@ fn reference(w: &[(String, Vec<usize>, Vec<f32>)], ids: &[u32]) -> Vec<f64> {
 }
 
 fn max_diff(a: &[f32], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - y).abs())
+        .fold(0.0, f64::max)
 }
 
 fn store() -> (tempfile::TempDir, Store) {
@@ -247,14 +289,19 @@ fn encoder_matches_the_equations_and_padding_does_not_leak() {
     let bert = Bert::from_resident(&m, &config(), false).unwrap();
     let seqs: Vec<Vec<u32>> = SEQS.iter().map(|s| s.to_vec()).collect();
     // Padded together, each sequence must pool to what it gives alone.
-    let together = bert.embed(&Batch::from_ids(&seqs).unwrap(), Pooling::Mean).unwrap();
+    let together = bert
+        .embed(&Batch::from_ids(&seqs).unwrap(), Pooling::Mean)
+        .unwrap();
     let w = weights(1);
     for (s, got) in seqs.iter().zip(&together) {
         let want = reference(&w, s);
         assert!(max_diff(got, &want) < 1e-4, "{got:?} vs {want:?}");
     }
     let normalized = bert
-        .embed(&Batch::from_ids(&seqs[..1]).unwrap(), Pooling::MeanNormalized)
+        .embed(
+            &Batch::from_ids(&seqs[..1]).unwrap(),
+            Pooling::MeanNormalized,
+        )
         .unwrap();
     let norm: f32 = normalized[0].iter().map(|v| v * v).sum::<f32>().sqrt();
     assert!((norm - 1.0).abs() < 1e-5);
@@ -266,7 +313,13 @@ fn compressed_fine_tunes_share_one_base_and_stay_close() {
     let tol = 1e-3;
     put(&store, "base", 1, Mode::Absolute(tol), BaseChoice::None);
     for seed in [2, 3, 4] {
-        put(&store, &format!("ft{seed}"), seed, Mode::Absolute(tol), BaseChoice::Model("base".into()));
+        put(
+            &store,
+            &format!("ft{seed}"),
+            seed,
+            Mode::Absolute(tol),
+            BaseChoice::Model("base".into()),
+        );
     }
     let bases = SharedBases::new();
     let mut models = Vec::new();
@@ -301,7 +354,10 @@ fn compressed_fine_tunes_share_one_base_and_stay_close() {
         _ => panic!("{name} not held as codes"),
     };
     let name = "encoder.layer.0.intermediate.dense.weight";
-    assert!(Arc::ptr_eq(&base_of(&models[0], name), &base_of(&models[2], name)));
+    assert!(Arc::ptr_eq(
+        &base_of(&models[0], name),
+        &base_of(&models[2], name)
+    ));
     // One base per base object, whatever the number of models using it.
     let distinct: std::collections::HashSet<*const neurstore::BaseMatrix> = models
         .iter()
@@ -334,11 +390,17 @@ fn unusable_models_and_inputs_are_clear_errors() {
 
     let bert = Bert::from_resident(&m, &config(), false).unwrap();
     let e = bert
-        .embed(&Batch::from_ids(&[vec![2, VOCAB as u32]]).unwrap(), Pooling::Mean)
+        .embed(
+            &Batch::from_ids(&[vec![2, VOCAB as u32]]).unwrap(),
+            Pooling::Mean,
+        )
         .unwrap_err();
     assert!(e.to_string().contains("outside the vocabulary"), "{e}");
     let e = bert
-        .embed(&Batch::from_ids(&[vec![1; MAX_POS + 1]]).unwrap(), Pooling::Mean)
+        .embed(
+            &Batch::from_ids(&[vec![1; MAX_POS + 1]]).unwrap(),
+            Pooling::Mean,
+        )
         .unwrap_err();
     assert!(e.to_string().contains("longer than"), "{e}");
     let e = store

@@ -357,6 +357,9 @@ impl Store {
         if !streamable {
             let data = self.decode_object_with(object, &what, Fill::No)?;
             w.write_all(&data).map_err(io)?;
+            if let TensorData::Stored(b) = &data {
+                release(b);
+            }
             progress.advance(data.len() as u64);
             return Ok(data.len() as u64);
         }
@@ -364,11 +367,20 @@ impl Store {
         let raw_len = object.raw_len;
         let corrupt =
             |e: codec::CodecError| StorageError::corrupt(&what, format!("cannot decode: {e}"));
-        let align = match object.codec {
-            Codec::Grouped => codec::grouped::range_align(&stored),
-            _ => codec::delta::range_align(&stored),
+        enum Ranged<'s> {
+            Grouped(codec::grouped::Ranged<'s>),
+            Delta(codec::delta::Ranged<'s>),
         }
-        .ok_or_else(|| StorageError::corrupt(&what, "cannot decode: header truncated"))?;
+        let ranged = match object.codec {
+            Codec::Grouped => {
+                Ranged::Grouped(codec::grouped::Ranged::new(&stored, raw_len).map_err(corrupt)?)
+            }
+            _ => Ranged::Delta(codec::delta::Ranged::new(&stored, raw_len).map_err(corrupt)?),
+        };
+        let align = match &ranged {
+            Ranged::Grouped(r) => r.align(),
+            Ranged::Delta(r) => r.align(),
+        };
         let block = (STREAM_BLOCK / align).max(1) * align;
         buf.resize(block.min(raw_len as usize), 0);
         let (base, mut hasher) = match (object.base, object.kind) {
@@ -387,15 +399,14 @@ impl Store {
         while start < raw_len {
             let len = (raw_len - start).min(block as u64) as usize;
             let out = &mut buf[..len];
-            match &base {
-                None => codec::grouped::decode_range(&stored, raw_len, start, out),
-                Some(b) => codec::delta::decode_range(
-                    &stored,
-                    raw_len,
-                    start,
-                    &b[start as usize..start as usize + len],
-                    out,
-                ),
+            match (&ranged, &base) {
+                (Ranged::Grouped(r), _) => r.decode_range(start, out),
+                (Ranged::Delta(r), Some(b)) => {
+                    r.decode_range(start, &b[start as usize..start as usize + len], out)
+                }
+                (Ranged::Delta(_), None) => {
+                    Err(codec::CodecError("delta blob without a base".into()))
+                }
             }
             .map_err(corrupt)?;
             if let Some(h) = hasher.as_mut() {

@@ -69,12 +69,17 @@ fn read_json(path: &Path) -> Result<Value> {
 fn variants(w1: &Path) -> Result<Vec<Variant>> {
     let manifest = read_json(&w1.join("manifest.json"))?;
     let root = w1.parent().and_then(Path::parent).unwrap_or(Path::new("."));
-    let models = manifest["models"].as_array().context("manifest has no models")?;
+    let models = manifest["models"]
+        .as_array()
+        .context("manifest has no models")?;
     models
         .iter()
         .map(|m| {
             let path = |k: &str| -> Result<PathBuf> {
-                Ok(root.join(m[k].as_str().with_context(|| format!("model without {k}"))?))
+                Ok(root.join(
+                    m[k].as_str()
+                        .with_context(|| format!("model without {k}"))?,
+                ))
             };
             let file = path("file")?;
             Ok(Variant {
@@ -104,7 +109,9 @@ fn rss_bytes() -> u64 {
 
 fn head(path: &Path) -> Result<Linear> {
     let m = resident_from_safetensors("head", &std::fs::read(path)?)?;
-    let w = m.tensors["classifier.weight"].to_f32().context("head weight")?;
+    let w = m.tensors["classifier.weight"]
+        .to_f32()
+        .context("head weight")?;
     let b = m.tensors["classifier.bias"].to_f32().context("head bias")?;
     let rows = b.len();
     Ok(Linear::new(Matrix::dense(w, rows, 384)?, Some(b))?)
@@ -129,7 +136,11 @@ fn predict(model: &Bert, head: &Linear, ids: &[Vec<u32>]) -> Result<Vec<usize>> 
 
 fn candle_tensor(flat: Vec<f32>, rows: usize) -> Result<candle_core::Tensor> {
     let cols = flat.len() / rows;
-    Ok(candle_core::Tensor::from_vec(flat, (rows, cols), &candle_core::Device::Cpu)?)
+    Ok(candle_core::Tensor::from_vec(
+        flat,
+        (rows, cols),
+        &candle_core::Device::Cpu,
+    )?)
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -173,7 +184,12 @@ fn rss_growth(form: &str, root: &Path, variants: &[Variant], config: &BertConfig
 /// Runs [`rss_growth`] in a fresh copy of this program, so no memory freed earlier is reused.
 fn rss_growth_in_child(form: &str, root: &Path, args: &Args) -> Result<u64> {
     let out = std::process::Command::new(std::env::current_exe()?)
-        .args(["--base", &args.base.to_string_lossy(), "--w1", &args.w1.to_string_lossy()])
+        .args([
+            "--base",
+            &args.base.to_string_lossy(),
+            "--w1",
+            &args.w1.to_string_lossy(),
+        ])
         .args(["--measure-rss", form, &root.to_string_lossy()])
         .output()?;
     if !out.status.success() {

@@ -5,8 +5,10 @@ use std::path::Path;
 
 /// A safetensors file of 1-D F32 tensors laid out back to back, in the given order.
 pub fn safetensors(tensors: &[(&str, &[f32])]) -> Vec<u8> {
-    let shaped: Vec<(&str, Vec<usize>, &[f32])> =
-        tensors.iter().map(|(n, v)| (*n, vec![v.len()], *v)).collect();
+    let shaped: Vec<(&str, Vec<usize>, &[f32])> = tensors
+        .iter()
+        .map(|(n, v)| (*n, vec![v.len()], *v))
+        .collect();
     safetensors_shaped(&shaped)
 }
 

@@ -100,46 +100,60 @@ pub fn decode_into(stored: &[u8], base: &[u8], out: &mut [u8]) -> Result<(), Cod
     Ok(())
 }
 
-/// Decodes the raw bytes `start..start + out.len()` of a delta blob against the same range of
-/// its base (`base` holds just that range), for streamed export of large tensors; `start` must
-/// be a multiple of [`range_align`]`(stored)`, as for [`grouped::decode_range`].
-pub fn decode_range(
-    stored: &[u8],
-    raw_len: u64,
-    start: u64,
-    base: &[u8],
-    out: &mut [u8],
-) -> Result<(), CodecError> {
-    let header = stored
-        .get(..HEADER)
-        .ok_or_else(|| CodecError::corrupt("delta header truncated"))?;
-    if header[0] != VERSION {
-        return Err(CodecError::corrupt(format!(
-            "unknown delta version {}",
-            header[0]
-        )));
-    }
-    let transform = Transform::from_tag(header[1])?;
-    let w = header[2] as usize;
-    if !matches!(w, 1 | 2 | 4 | 8)
-        || !raw_len.is_multiple_of(w as u64)
-        || !start.is_multiple_of(w as u64)
-        || base.len() != out.len()
-    {
-        return Err(CodecError::corrupt(format!(
-            "bad delta word width {w} or range"
-        )));
-    }
-    grouped::decode_range(&stored[HEADER..], raw_len, start, out)?;
-    out.par_chunks_mut(BLOCK)
-        .zip(base.par_chunks(BLOCK))
-        .for_each(|(out, base)| undo(w, transform, base, out));
-    Ok(())
+/// A delta blob parsed once, for decoding byte ranges of it against the same ranges of its base
+/// (streamed export of large tensors).
+pub struct Ranged<'a> {
+    transform: Transform,
+    w: usize,
+    words: grouped::Ranged<'a>,
 }
 
-/// The chunk alignment [`decode_range`] needs.
-pub fn range_align(stored: &[u8]) -> Option<usize> {
-    grouped::range_align(stored.get(HEADER..)?)
+impl<'a> Ranged<'a> {
+    /// Parses and checks `stored`, which must describe `raw_len` raw bytes.
+    pub fn new(stored: &'a [u8], raw_len: u64) -> Result<Self, CodecError> {
+        let header = stored
+            .get(..HEADER)
+            .ok_or_else(|| CodecError::corrupt("delta header truncated"))?;
+        if header[0] != VERSION {
+            return Err(CodecError::corrupt(format!(
+                "unknown delta version {}",
+                header[0]
+            )));
+        }
+        let transform = Transform::from_tag(header[1])?;
+        let w = header[2] as usize;
+        if !matches!(w, 1 | 2 | 4 | 8) || !raw_len.is_multiple_of(w as u64) {
+            return Err(CodecError::corrupt(format!("bad delta word width {w}")));
+        }
+        let words = grouped::Ranged::new(&stored[HEADER..], raw_len)?;
+        if !words.align().is_multiple_of(w) {
+            return Err(CodecError::corrupt("delta chunks split words"));
+        }
+        Ok(Ranged {
+            transform,
+            w,
+            words,
+        })
+    }
+
+    /// The alignment of a range start.
+    pub fn align(&self) -> usize {
+        self.words.align()
+    }
+
+    /// Decodes raw bytes `start..start + out.len()` against `base`, the same range of the base
+    /// (alignment as for [`grouped::Ranged::decode_range`]).
+    pub fn decode_range(&self, start: u64, base: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+        if base.len() != out.len() {
+            return Err(CodecError::corrupt("base range length disagrees"));
+        }
+        self.words.decode_range(start, out)?;
+        let (w, transform) = (self.w, self.transform);
+        out.par_chunks_mut(BLOCK)
+            .zip(base.par_chunks(BLOCK))
+            .for_each(|(out, base)| undo(w, transform, base, out));
+        Ok(())
+    }
 }
 
 /// Bytes per parallel task of the inverse transform (a multiple of every word width).

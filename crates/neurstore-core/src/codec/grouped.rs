@@ -100,36 +100,46 @@ pub fn decode_into(stored: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
         .try_for_each(|(dst, planes)| decode_chunk(&layout, stored, planes, dst))
 }
 
-/// Decodes the raw bytes `start..start + out.len()` of a blob of `raw_len` raw bytes, chunk by
-/// chunk, without decoding the chunks outside the range (streamed export of large tensors).
-/// `start` must be a multiple of [`range_align`]`(stored)` and the range end either one too or
-/// the end of the data.
-pub fn decode_range(
-    stored: &[u8],
+/// A grouped blob parsed once, for decoding byte ranges of it chunk by chunk (streamed export of
+/// large tensors) without decoding the chunks outside each range.
+pub struct Ranged<'a> {
+    stored: &'a [u8],
+    layout: Layout,
     raw_len: u64,
-    start: u64,
-    out: &mut [u8],
-) -> Result<(), CodecError> {
-    let layout = Layout::parse(stored, raw_len)?;
-    let chunk = layout.chunk_len as u64;
-    let end = start
-        .checked_add(out.len() as u64)
-        .filter(|&e| e <= raw_len)
-        .ok_or_else(|| CodecError::corrupt("range past the end of the data"))?;
-    if !start.is_multiple_of(chunk) || !(end.is_multiple_of(chunk) || end == raw_len) {
-        return Err(CodecError::corrupt("range not aligned to chunks"));
-    }
-    let first = (start / chunk) as usize;
-    let count = out.len().div_ceil(layout.chunk_len);
-    out.par_chunks_mut(layout.chunk_len)
-        .zip(layout.chunks[first..first + count].par_iter())
-        .try_for_each(|(dst, planes)| decode_chunk(&layout, stored, planes, dst))
 }
 
-/// The chunk length of a grouped blob: the alignment [`decode_range`] needs.
-pub fn range_align(stored: &[u8]) -> Option<usize> {
-    let len = u32::from_le_bytes(stored.get(3..7)?.try_into().ok()?) as usize;
-    (len > 0).then_some(len)
+impl<'a> Ranged<'a> {
+    /// Parses and checks `stored`, which must describe `raw_len` raw bytes.
+    pub fn new(stored: &'a [u8], raw_len: u64) -> Result<Self, CodecError> {
+        Ok(Ranged {
+            layout: Layout::parse(stored, raw_len)?,
+            stored,
+            raw_len,
+        })
+    }
+
+    /// The alignment of a range start: the chunk length.
+    pub fn align(&self) -> usize {
+        self.layout.chunk_len
+    }
+
+    /// Decodes raw bytes `start..start + out.len()`; `start` must be a multiple of
+    /// [`Ranged::align`], and the end one too or the end of the data.
+    pub fn decode_range(&self, start: u64, out: &mut [u8]) -> Result<(), CodecError> {
+        let chunk = self.layout.chunk_len as u64;
+        let end = start
+            .checked_add(out.len() as u64)
+            .filter(|&e| e <= self.raw_len)
+            .ok_or_else(|| CodecError::corrupt("range past the end of the data"))?;
+        if !start.is_multiple_of(chunk) || !(end.is_multiple_of(chunk) || end == self.raw_len) {
+            return Err(CodecError::corrupt("range not aligned to chunks"));
+        }
+        let first = (start / chunk) as usize;
+        let count = out.len().div_ceil(self.layout.chunk_len);
+        out.par_chunks_mut(self.layout.chunk_len)
+            .zip(self.layout.chunks[first..first + count].par_iter())
+            .try_for_each(|(dst, planes)| decode_chunk(&self.layout, self.stored, planes, dst))
+    }
 }
 
 fn decode_chunk(
@@ -464,6 +474,30 @@ mod tests {
         let mut bomb = enc.clone();
         bomb[15..19].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode_into(&bomb, &mut out).is_err());
+    }
+
+    #[test]
+    fn ranges_decode_like_the_whole() {
+        let raw: Vec<u8> = (0..(CHUNK_LEN * 3 + 100) as u32)
+            .map(|i| (i % 253) as u8 ^ (i >> 12) as u8)
+            .collect();
+        let enc = encode_with(&raw, 4, true, 1);
+        let r = Ranged::new(&enc, raw.len() as u64).unwrap();
+        assert_eq!(r.align(), CHUNK_LEN);
+        for (start, len) in [
+            (0, CHUNK_LEN),
+            (CHUNK_LEN, 2 * CHUNK_LEN),
+            (3 * CHUNK_LEN, 100),
+            (0, raw.len()),
+        ] {
+            let mut out = vec![0u8; len];
+            r.decode_range(start as u64, &mut out).unwrap();
+            assert_eq!(out, &raw[start..start + len]);
+        }
+        let mut out = vec![0u8; 10];
+        assert!(r.decode_range(1, &mut out).is_err());
+        assert!(r.decode_range(CHUNK_LEN as u64, &mut out).is_err());
+        assert!(r.decode_range(3 * CHUNK_LEN as u64 + 96, &mut out).is_err());
     }
 
     proptest! {
