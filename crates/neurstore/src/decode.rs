@@ -9,6 +9,7 @@ use neurstore_core::dtype::DType;
 use neurstore_core::key::{Digest, file_key, tensor_key};
 use neurstore_storage::StorageError;
 use neurstore_storage::catalog::{ObjectKind, ObjectRow, Queries};
+use neurstore_storage::pack::BlobBytes;
 
 use crate::Store;
 use crate::error::Result;
@@ -232,6 +233,53 @@ impl Store {
             cache.put(base_id, bytes.clone());
         }
         Ok(bytes)
+    }
+}
+
+/// The base of a tensor streamed by `get`: decoded whole (from the cache, or an object whose own
+/// base chain must be resolved), or a standalone object read (checksum-verified) but not yet
+/// decoded, for decoding block by block alongside the tensor.
+pub(crate) enum StreamBase {
+    /// Decoded bytes.
+    Whole(Arc<Vec<u8>>),
+    /// A standalone raw, grouped or bounded (quantized) tensor object and its stored bytes.
+    Stored(Box<ObjectRow>, BlobBytes),
+}
+
+impl Store {
+    /// The base `base_id` of a tensor streamed by `get` (see [`StreamBase`]); like
+    /// [`Store::base_bytes_with`] with `Fill::No`, a cache hit is used and a miss is counted.
+    pub(crate) fn stream_base(&self, base_id: i64, what: &str) -> Result<StreamBase> {
+        {
+            let mut cache = self.base_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(hit) = cache.get(base_id) {
+                cache.stats.hits += 1;
+                return Ok(StreamBase::Whole(hit));
+            }
+        }
+        let base = self.engine.read(|q| q.object(base_id))?.ok_or_else(|| {
+            StorageError::corrupt(what, format!("base object {base_id} is missing"))
+        })?;
+        let streamable = base.base.is_none()
+            && matches!(
+                (base.codec, base.kind),
+                (Codec::Raw | Codec::Grouped, _) | (Codec::Quantized, ObjectKind::Tensor { .. })
+            );
+        if !streamable {
+            return Ok(StreamBase::Whole(self.base_bytes_with(
+                base_id,
+                what,
+                1,
+                Fill::No,
+            )?));
+        }
+        let stored = self
+            .engine
+            .read_blob(&base, &format!("{what} (base object {base_id})"))?;
+        let mut cache = self.base_cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.stats.misses += 1;
+        cache.stats.decoded_bytes += base.raw_len;
+        Ok(StreamBase::Stored(Box::new(base), stored))
     }
 }
 

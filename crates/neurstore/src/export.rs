@@ -19,7 +19,7 @@ use neurstore_core::codec::{self, Codec};
 use neurstore_core::key::TensorKeyHasher;
 
 use crate::Store;
-use crate::decode::{Fill, check_key};
+use crate::decode::{Fill, StreamBase, check_key};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 
@@ -235,8 +235,8 @@ impl Store {
     /// previous one is written; large ones are streamed block by block. Bases come from the
     /// cache when there but are not added to it (a one-pass export would otherwise keep a
     /// decoded copy of the whole base model). Memory stays within two windows plus the bases
-    /// of the tensors in flight, except for a large bounded tensor, decoded whole (its format's
-    /// code section is one stream: see `codec::quantized`).
+    /// of the small tensors in flight; a large tensor's base is decoded block by block too
+    /// when it is a standalone object (else whole: see `stream_tensor`).
     fn write_tensors(
         &self,
         tensors: &[&TensorRow],
@@ -334,10 +334,12 @@ impl Store {
         })
     }
 
-    /// Writes one large tensor: raw ones straight from the pack's map, grouped and lossless
-    /// delta ones decoded `STREAM_BLOCK` bytes at a time into `buf` (a delta's key checked over
-    /// the blocks as they pass; on a mismatch `get` fails and its partial output is removed),
-    /// anything else decoded whole.
+    /// Writes one large tensor: raw ones straight from the pack's map, grouped, lossless delta
+    /// and bounded ones decoded `STREAM_BLOCK` bytes at a time into `buf`, anything else decoded
+    /// whole. A streamed tensor's base is decoded block by block too when it is a standalone
+    /// raw, grouped or bounded object (else whole, or taken from the cache), and the tensor's key
+    /// is checked over the blocks as they pass: on a mismatch `get` fails and its partial output
+    /// is removed.
     fn stream_tensor(
         &self,
         t: &TensorRow,
@@ -352,7 +354,9 @@ impl Store {
         let io = |e| Error::io(dest, e);
         let streamable = matches!(
             (object.codec, object.base, object.kind),
-            (Codec::Grouped, None, _) | (Codec::Delta, Some(_), ObjectKind::Tensor { .. })
+            (Codec::Grouped, None, _)
+                | (Codec::Delta, Some(_), ObjectKind::Tensor { .. })
+                | (Codec::Quantized, _, ObjectKind::Tensor { .. })
         );
         if !streamable {
             let data = self.decode_object_with(object, &what, Fill::No)?;
@@ -370,45 +374,100 @@ impl Store {
         enum Ranged<'s> {
             Grouped(codec::grouped::Ranged<'s>),
             Delta(codec::delta::Ranged<'s>),
+            Quantized(codec::quantized::Ranged<'s>),
         }
-        let ranged = match object.codec {
-            Codec::Grouped => {
+        let ranged = match (object.codec, object.kind) {
+            (Codec::Grouped, _) => {
                 Ranged::Grouped(codec::grouped::Ranged::new(&stored, raw_len).map_err(corrupt)?)
             }
+            (Codec::Quantized, ObjectKind::Tensor { dtype }) => Ranged::Quantized(
+                codec::quantized::Ranged::new(dtype, &stored, raw_len).map_err(corrupt)?,
+            ),
             _ => Ranged::Delta(codec::delta::Ranged::new(&stored, raw_len).map_err(corrupt)?),
         };
         let align = match &ranged {
             Ranged::Grouped(r) => r.align(),
             Ranged::Delta(r) => r.align(),
+            Ranged::Quantized(r) => r.align(),
         };
         let block = (STREAM_BLOCK / align).max(1) * align;
         buf.resize(block.min(raw_len as usize), 0);
-        let (base, mut hasher) = match (object.base, object.kind) {
+        let (base_src, mut hasher) = match (object.base, object.kind) {
             (Some(base_id), ObjectKind::Tensor { dtype }) => (
-                Some(self.base_bytes_with(base_id, &what, 1, Fill::No)?),
+                Some((base_id, self.stream_base(base_id, &what)?)),
                 Some(TensorKeyHasher::new(dtype, &object.shape)),
             ),
             _ => (None, None),
         };
-        if base.as_ref().is_some_and(|b| b.len() as u64 != raw_len) {
+        let base_what = |id: i64| format!("{what} (base object {id})");
+        let base_len = match &base_src {
+            Some((_, StreamBase::Whole(b))) => Some(b.len() as u64),
+            Some((_, StreamBase::Stored(row, _))) => Some(row.raw_len),
+            None => None,
+        };
+        if base_len.is_some_and(|n| n != raw_len) {
             return Err(
                 StorageError::corrupt(&what, "base length disagrees with the tensor").into(),
             );
         }
+        let base = match &base_src {
+            None => None,
+            Some((_, StreamBase::Whole(b))) => Some(BaseReader::Bytes(&b[..], None)),
+            Some((id, StreamBase::Stored(row, bytes))) => {
+                let base_corrupt = |e: codec::CodecError| {
+                    StorageError::corrupt(base_what(*id), format!("cannot decode: {e}"))
+                };
+                Some(match (row.codec, row.kind) {
+                    (Codec::Raw, _) => {
+                        if bytes.len() as u64 != raw_len {
+                            return Err(StorageError::corrupt(
+                                base_what(*id),
+                                "raw length disagrees with the stored bytes",
+                            )
+                            .into());
+                        }
+                        // Verified: its pages come back block by block as they are read.
+                        release(bytes);
+                        BaseReader::Bytes(&bytes[..], Some(bytes))
+                    }
+                    (Codec::Quantized, ObjectKind::Tensor { dtype }) => BaseReader::Quantized(
+                        codec::quantized::Ranged::new(dtype, bytes, raw_len)
+                            .map_err(base_corrupt)?,
+                    ),
+                    _ => BaseReader::Grouped(
+                        codec::grouped::Ranged::new(bytes, raw_len).map_err(base_corrupt)?,
+                    ),
+                })
+            }
+        };
+        let (mut base_buf, mut scratch) = (Vec::new(), Vec::new());
         let mut start = 0u64;
         while start < raw_len {
             let len = (raw_len - start).min(block as u64) as usize;
+            let base_range = match &base {
+                Some(reader) => Some(
+                    reader
+                        .range(start, len, raw_len, &mut base_buf, &mut scratch)
+                        .map_err(|e| {
+                            let id = object.base.unwrap_or_default();
+                            StorageError::corrupt(base_what(id), format!("cannot decode: {e}"))
+                        })?,
+                ),
+                None => None,
+            };
             let out = &mut buf[..len];
-            match (&ranged, &base) {
+            match (&ranged, base_range) {
                 (Ranged::Grouped(r), _) => r.decode_range(start, out),
-                (Ranged::Delta(r), Some(b)) => {
-                    r.decode_range(start, &b[start as usize..start as usize + len], out)
-                }
+                (Ranged::Delta(r), Some(b)) => r.decode_range(start, b, out),
                 (Ranged::Delta(_), None) => {
                     Err(codec::CodecError("delta blob without a base".into()))
                 }
+                (Ranged::Quantized(r), b) => r.decode_range(start, b, out),
             }
             .map_err(corrupt)?;
+            if let Some(BaseReader::Bytes(_, Some(blob))) = &base {
+                release_range(blob, start as usize..start as usize + len);
+            }
             if let Some(h) = hasher.as_mut() {
                 h.update(out);
             }
@@ -417,6 +476,9 @@ impl Store {
             start += len as u64;
         }
         release(&stored);
+        if let Some((_, StreamBase::Stored(_, bytes))) = &base_src {
+            release(bytes);
+        }
         if let Some(h) = hasher {
             check_key(object, &h.finalize(), &what)?;
         }
@@ -515,6 +577,77 @@ fn batches<'b, 'a>(tensors: &'b [&'a TensorRow]) -> Vec<Batch<'b, 'a>> {
 struct Decoded<'b, 'a> {
     tensors: &'b [&'a TensorRow],
     stored: Vec<Option<BlobBytes>>,
+}
+
+/// Where the base ranges of a streamed tensor come from.
+enum BaseReader<'s> {
+    /// Bytes held whole: decoded, or a raw object's stored bytes (then also its blob, whose
+    /// mapped pages are released block by block).
+    Bytes(&'s [u8], Option<&'s BlobBytes>),
+    /// A standalone grouped object, decoded by chunk ranges.
+    Grouped(codec::grouped::Ranged<'s>),
+    /// A standalone bounded object, reconstructed by element ranges.
+    Quantized(codec::quantized::Ranged<'s>),
+}
+
+impl BaseReader<'_> {
+    /// Base bytes `start..start + len` (of `raw_len`, the base's length checked beforehand),
+    /// decoded into `buf` when not held whole; `scratch` takes the chunks around a range not
+    /// aligned to a grouped base's chunks.
+    fn range<'b>(
+        &'b self,
+        start: u64,
+        len: usize,
+        raw_len: u64,
+        buf: &'b mut Vec<u8>,
+        scratch: &mut Vec<u8>,
+    ) -> std::result::Result<&'b [u8], codec::CodecError> {
+        let end = start + len as u64;
+        match self {
+            BaseReader::Bytes(b, _) => Ok(&b[start as usize..end as usize]),
+            BaseReader::Quantized(r) => {
+                buf.resize(len, 0);
+                r.decode_range(start, None, &mut buf[..len])?;
+                Ok(&buf[..len])
+            }
+            BaseReader::Grouped(r) => {
+                buf.resize(len, 0);
+                let chunk = r.align() as u64;
+                if start.is_multiple_of(chunk) && (end.is_multiple_of(chunk) || end == raw_len) {
+                    r.decode_range(start, &mut buf[..len])?;
+                } else {
+                    let lo = start / chunk * chunk;
+                    let hi = end.div_ceil(chunk).saturating_mul(chunk).min(raw_len);
+                    scratch.resize((hi - lo) as usize, 0);
+                    r.decode_range(lo, scratch)?;
+                    let at = (start - lo) as usize;
+                    buf[..len].copy_from_slice(&scratch[at..at + len]);
+                }
+                Ok(&buf[..len])
+            }
+        }
+    }
+}
+
+/// [`release`] for bytes `sub` of a blob.
+fn release_range(blob: &BlobBytes, sub: std::ops::Range<usize>) {
+    #[cfg(unix)]
+    if let BlobBytes::Mapped(map, range) = blob {
+        let (s, e) = (
+            range.start + sub.start,
+            (range.start + sub.end).min(range.end),
+        );
+        if s >= e {
+            return;
+        }
+        let start = s - s % 4096;
+        // SAFETY: as in `release`.
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, e - start)
+        };
+    }
+    #[cfg(not(unix))]
+    let _ = (blob, sub);
 }
 
 /// Drops this process's mapping of a blob's pages once a one-pass export has used them (they

@@ -475,8 +475,24 @@ struct Sections {
     exception_bytes: Vec<u8>,
 }
 
-/// Parses and checks a bounded blob that must describe `n` elements of `dtype`.
-fn sections(dtype: DType, stored: &[u8], raw_len: usize) -> Result<Sections, CodecError> {
+/// A bounded blob's header, checked, and its three sections, not yet entropy-decoded.
+struct Parsed<'a> {
+    w: usize,
+    has_base: bool,
+    step: f64,
+    /// Element count.
+    n: usize,
+    /// Exception count.
+    e: usize,
+    /// Element size in bytes.
+    size: usize,
+    codes: &'a [u8],
+    gaps: &'a [u8],
+    values: &'a [u8],
+}
+
+/// Parses and checks a bounded blob that must describe `raw_len` raw bytes of `dtype`.
+fn parse(dtype: DType, stored: &[u8], raw_len: usize) -> Result<Parsed<'_>, CodecError> {
     if !supports(dtype) {
         return Err(CodecError::corrupt(format!(
             "bounded blob for non-float dtype {dtype}"
@@ -503,7 +519,7 @@ fn sections(dtype: DType, stored: &[u8], raw_len: usize) -> Result<Sections, Cod
     }
     let (n, e) = (n as usize, e as usize);
     let mut rest = &stored[HEADER..];
-    let mut section = |raw_len: usize| -> Result<Vec<u8>, CodecError> {
+    let mut section = || -> Result<&[u8], CodecError> {
         let len = rest
             .get(..8)
             .map(|b| u64::from_le_bytes(b.try_into().unwrap()));
@@ -512,35 +528,179 @@ fn sections(dtype: DType, stored: &[u8], raw_len: usize) -> Result<Sections, Cod
             .ok_or_else(|| CodecError::corrupt("section runs past the blob"))?;
         let (blob, tail) = rest[8..].split_at(len as usize);
         rest = tail;
-        let mut buf = vec![0u8; raw_len];
-        grouped::decode_into(blob, &mut buf)?;
-        Ok(buf)
+        Ok(blob)
     };
-    let codes = section(n * w)?;
-    let gaps = section(e * 8)?;
-    let exception_bytes = section(e * size)?;
+    let (codes, gaps, values) = (section()?, section()?, section()?);
     if !rest.is_empty() {
         return Err(CodecError::corrupt(
             "trailing bytes after the bounded sections",
         ));
     }
-    let mut exception_index = Vec::with_capacity(e);
-    let mut index = 0u64;
-    for (k, gap) in gaps.chunks_exact(8).enumerate() {
-        index = index
-            .checked_add(u64::from_le_bytes(gap.try_into().unwrap()))
-            .filter(|&i| i < n as u64 && (k == 0 || gap != [0; 8]))
-            .ok_or_else(|| CodecError::corrupt("exception index out of range or repeated"))?;
-        exception_index.push(index as usize);
-    }
-    Ok(Sections {
+    Ok(Parsed {
         w,
         has_base: has_base == 1,
         step,
+        n,
+        e,
+        size,
+        codes,
+        gaps,
+        values,
+    })
+}
+
+impl Parsed<'_> {
+    /// Decodes the exception sections: indices (checked strictly increasing and below `n`) and
+    /// exact element bytes.
+    fn exceptions(&self) -> Result<(Vec<usize>, Vec<u8>), CodecError> {
+        let mut gaps = vec![0u8; self.e * 8];
+        grouped::decode_into(self.gaps, &mut gaps)?;
+        let mut exception_bytes = vec![0u8; self.e * self.size];
+        grouped::decode_into(self.values, &mut exception_bytes)?;
+        let mut exception_index = Vec::with_capacity(self.e);
+        let mut index = 0u64;
+        for (k, gap) in gaps.chunks_exact(8).enumerate() {
+            index = index
+                .checked_add(u64::from_le_bytes(gap.try_into().unwrap()))
+                .filter(|&i| i < self.n as u64 && (k == 0 || gap != [0; 8]))
+                .ok_or_else(|| CodecError::corrupt("exception index out of range or repeated"))?;
+            exception_index.push(index as usize);
+        }
+        Ok((exception_index, exception_bytes))
+    }
+}
+
+/// Parses and checks a bounded blob that must describe `raw_len` raw bytes of `dtype`, and
+/// entropy-decodes all of its sections.
+fn sections(dtype: DType, stored: &[u8], raw_len: usize) -> Result<Sections, CodecError> {
+    let p = parse(dtype, stored, raw_len)?;
+    let mut codes = vec![0u8; p.n * p.w];
+    grouped::decode_into(p.codes, &mut codes)?;
+    let (exception_index, exception_bytes) = p.exceptions()?;
+    Ok(Sections {
+        w: p.w,
+        has_base: p.has_base,
+        step: p.step,
         codes,
         exception_index,
         exception_bytes,
     })
+}
+
+/// Reconstructs element range `first..first + dst.len() / size` from its `codes` (`w` bytes
+/// each) and `base` (the same range of the base), in parallel blocks of [`BLOCK`] elements:
+/// exceptions not applied.
+fn reconstruct_range(
+    dtype: DType,
+    w: usize,
+    step: f64,
+    codes: &[u8],
+    base: Option<&[u8]>,
+    dst: &mut [u8],
+) {
+    let size = (dtype.bits() / 8) as usize;
+    dst.par_chunks_mut(BLOCK * size)
+        .enumerate()
+        .for_each(|(blk, dst)| {
+            let first = blk * BLOCK;
+            let codes = &codes[first * w..(first + dst.len() / size) * w];
+            let base = base.map(|b| &b[first * size..first * size + dst.len()]);
+            with_elem!(dtype, E => decode_block::<E>(codes, w, base, step, dst));
+        });
+}
+
+/// A bounded blob parsed once, for reconstructing element ranges of it block by block
+/// (streamed export of large tensors) without decoding the whole code stream: the code section
+/// is decoded by chunk ranges (see [`grouped::Ranged`]); the exception sections, small, are
+/// decoded whole up front. Output is bit for bit that of [`decode_into`].
+pub struct Ranged<'a> {
+    dtype: DType,
+    size: usize,
+    w: usize,
+    has_base: bool,
+    step: f64,
+    n: usize,
+    codes: grouped::Ranged<'a>,
+    exception_index: Vec<usize>,
+    exception_bytes: Vec<u8>,
+}
+
+impl<'a> Ranged<'a> {
+    /// Parses and checks `stored`, which must describe `raw_len` raw bytes of `dtype`.
+    pub fn new(dtype: DType, stored: &'a [u8], raw_len: u64) -> Result<Self, CodecError> {
+        let raw_len = usize::try_from(raw_len)
+            .map_err(|_| CodecError::corrupt("raw length too large for this machine"))?;
+        let p = parse(dtype, stored, raw_len)?;
+        let codes = grouped::Ranged::new(p.codes, (p.n * p.w) as u64)?;
+        let (exception_index, exception_bytes) = p.exceptions()?;
+        Ok(Ranged {
+            dtype,
+            size: p.size,
+            w: p.w,
+            has_base: p.has_base,
+            step: p.step,
+            n: p.n,
+            codes,
+            exception_index,
+            exception_bytes,
+        })
+    }
+
+    /// Whether the blob was encoded against a base (whose ranges [`Ranged::decode_range`] then
+    /// needs).
+    pub fn has_base(&self) -> bool {
+        self.has_base
+    }
+
+    /// A range start (in raw bytes) that decodes no code chunk twice when ranges are multiples
+    /// of it; any whole-element range is accepted.
+    pub fn align(&self) -> usize {
+        (self.codes.align() / self.w).max(1) * self.size
+    }
+
+    /// Reconstructs raw bytes `start..start + out.len()` (whole elements) against `base`, the
+    /// same byte range of the base, when the blob was encoded against one.
+    pub fn decode_range(
+        &self,
+        start: u64,
+        base: Option<&[u8]>,
+        out: &mut [u8],
+    ) -> Result<(), CodecError> {
+        let (size, w) = (self.size as u64, self.w as u64);
+        let end = start
+            .checked_add(out.len() as u64)
+            .filter(|&e| e <= self.n as u64 * size)
+            .ok_or_else(|| CodecError::corrupt("range past the end of the data"))?;
+        if !start.is_multiple_of(size) || !end.is_multiple_of(size) {
+            return Err(CodecError::corrupt("range splits elements"));
+        }
+        if self.has_base != base.is_some() || base.is_some_and(|b| b.len() != out.len()) {
+            return Err(CodecError::corrupt(
+                "base presence or length disagrees with the blob",
+            ));
+        }
+        let (a, b) = (start / size, end / size);
+        // The code bytes of the range, decoded from the chunks that cover them.
+        let chunk = self.codes.align() as u64;
+        let (ca, cb) = (a * w, b * w);
+        let lo = ca / chunk * chunk;
+        let hi = (cb.div_ceil(chunk) * chunk).min(self.n as u64 * w);
+        let mut codes = vec![0u8; (hi - lo) as usize];
+        self.codes.decode_range(lo, &mut codes)?;
+        let codes = &codes[(ca - lo) as usize..(cb - lo) as usize];
+        reconstruct_range(self.dtype, self.w, self.step, codes, base, out);
+        let (a, b) = (a as usize, b as usize);
+        let first = self.exception_index.partition_point(|&i| i < a);
+        for (k, &i) in self.exception_index.iter().enumerate().skip(first) {
+            if i >= b {
+                break;
+            }
+            let i = i - a;
+            out[i * self.size..(i + 1) * self.size]
+                .copy_from_slice(&self.exception_bytes[k * self.size..(k + 1) * self.size]);
+        }
+        Ok(())
+    }
 }
 
 /// Decodes `stored` into `out` (the tensor's raw length), against `base` when it was encoded
@@ -558,15 +718,7 @@ pub fn decode_into(
         ));
     }
     let size = (dtype.bits() / 8) as usize;
-    let (w, step, codes) = (s.w, s.step, &s.codes);
-    out.par_chunks_mut(BLOCK * size)
-        .enumerate()
-        .for_each(|(blk, dst)| {
-            let first = blk * BLOCK;
-            let codes = &codes[first * w..(first + dst.len() / size) * w];
-            let base = base.map(|b| &b[first * size..first * size + dst.len()]);
-            with_elem!(dtype, E => decode_block::<E>(codes, w, base, step, dst));
-        });
+    reconstruct_range(dtype, s.w, s.step, &s.codes, base, out);
     for (k, &i) in s.exception_index.iter().enumerate() {
         out[i * size..(i + 1) * size].copy_from_slice(&s.exception_bytes[k * size..(k + 1) * size]);
     }
@@ -848,6 +1000,52 @@ mod tests {
         assert!(encode(DType::F32, &t, None, 0.0, 3).is_err());
     }
 
+    /// Ranges across the code section's chunks (1 MiB of codes) and at unaligned offsets
+    /// decode as `decode_into` does; bad ranges are refused.
+    #[test]
+    fn ranged_crosses_code_chunks() {
+        let n = (1 << 20) + 12_345;
+        let base: Vec<f32> = (0..n).map(|i| ((i % 977) as f32) * 1e-3).collect();
+        let mut target: Vec<f32> = base
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b + ((i as f32) * 0.37).sin() * 2e-3)
+            .collect();
+        for i in [0, 5, (1 << 20) - 1, 1 << 20, n - 1] {
+            target[i] = f32::NAN;
+        }
+        let (t, b) = (f32s(&target), f32s(&base));
+        for base in [None, Some(&b[..])] {
+            let q = encode(DType::F32, &t, base, 1e-4, 1).unwrap();
+            assert!(q.exceptions >= 5, "{}", q.exceptions);
+            let mut whole = vec![0u8; t.len()];
+            decode_into(DType::F32, &q.bytes, base, &mut whole).unwrap();
+            let r = Ranged::new(DType::F32, &q.bytes, t.len() as u64).unwrap();
+            assert!(r.align().is_multiple_of(1 << 20), "{}", r.align());
+            for block in [r.align(), 3 << 20, 4 * 333_333, t.len()] {
+                let mut out = vec![0u8; t.len()];
+                for (k, o) in out.chunks_mut(block).enumerate() {
+                    let s = k * block;
+                    r.decode_range(s as u64, base.map(|b| &b[s..s + o.len()]), o)
+                        .unwrap();
+                }
+                assert!(out == whole, "block {block}");
+            }
+            let mut o = vec![0u8; 8];
+            assert!(r.decode_range(2, base.map(|b| &b[2..10]), &mut o).is_err());
+            assert!(
+                r.decode_range(t.len() as u64 - 4, base.map(|b| &b[..8]), &mut o)
+                    .is_err()
+            );
+            if base.is_some() {
+                assert!(r.decode_range(0, Some(&b[..4]), &mut o).is_err());
+            }
+            let other = if base.is_some() { None } else { Some(&b[..8]) };
+            assert!(r.decode_range(0, other, &mut o).is_err());
+        }
+        assert!(Ranged::new(DType::F32, &[0u8; 10], 40).is_err());
+    }
+
     proptest! {
         #[test]
         fn any_f32_bits_within_bound(bits in proptest::collection::vec(any::<u32>(), 1..400),
@@ -860,6 +1058,46 @@ mod tests {
             let mut out = vec![0u8; t.len()];
             decode_into(DType::F32, &q.bytes, Some(&b), &mut out).unwrap();
             prop_assert!(max_abs_error(DType::F32, &t, &out) <= tol);
+        }
+
+        /// Block-wise reconstruction equals `decode_into` bit for bit, for any block size, with
+        /// or without a base, with exceptions (NaN, infinities, values past the code range).
+        #[test]
+        fn ranged_equals_decode_into(bits in proptest::collection::vec(any::<u32>(), 1..600),
+                                     noise in proptest::collection::vec(-1.0f32..1.0, 600),
+                                     specials in proptest::collection::vec((0usize..600, 0u8..4), 0..20),
+                                     with_base in any::<bool>(),
+                                     half in any::<bool>(),
+                                     block in 1usize..700,
+                                     tol_exp in -6i32..0) {
+            let n = bits.len();
+            let base: Vec<f32> = bits.iter().map(|&b| (b % 20_000) as f32 * 1e-4 - 1.0).collect();
+            let mut target: Vec<f32> = base.iter().zip(&noise).map(|(b, e)| b + e * 1e-3).collect();
+            for &(i, kind) in &specials {
+                target[i % n] = [f32::NAN, f32::INFINITY, 1e30, -0.0][kind as usize];
+            }
+            let (dtype, t, b) = if half {
+                let h = |v: &[f32]| -> Vec<u8> {
+                    v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect()
+                };
+                (DType::F16, h(&target), h(&base))
+            } else {
+                (DType::F32, f32s(&target), f32s(&base))
+            };
+            let b = with_base.then_some(b);
+            let q = encode(dtype, &t, b.as_deref(), 10f64.powi(tol_exp), 1).unwrap();
+            let mut whole = vec![0u8; t.len()];
+            decode_into(dtype, &q.bytes, b.as_deref(), &mut whole).unwrap();
+            let r = Ranged::new(dtype, &q.bytes, t.len() as u64).unwrap();
+            prop_assert_eq!(r.has_base(), with_base);
+            let size = (dtype.bits() / 8) as usize;
+            let mut blocks = vec![0u8; t.len()];
+            for (k, out) in blocks.chunks_mut(block * size).enumerate() {
+                let start = k * block * size;
+                let base = b.as_ref().map(|b| &b[start..start + out.len()]);
+                r.decode_range(start as u64, base, out).unwrap();
+            }
+            prop_assert_eq!(blocks, whole);
         }
 
         #[test]
