@@ -9,16 +9,34 @@ use neurstore::{Progress, ResidentOptions, SharedBases, Store};
 use neurstore_infer::{Bert, BertConfig, Pooling, TextEncoder};
 use serde::Serialize;
 
-/// What to embed and how.
+/// What to embed and how (the arguments of `neurstore embed`).
+#[derive(clap::Args)]
 pub struct EmbedRequest {
+    /// Model name (a BERT encoder, e.g. all-MiniLM-L6-v2 imported as a directory).
     pub name: String,
+    /// Text to embed (repeatable).
+    #[arg(long = "text", value_name = "TEXT")]
     pub texts: Vec<String>,
+    /// File of texts to embed, one per line ("-" for standard input).
+    #[arg(long, value_name = "FILE")]
     pub file: Option<PathBuf>,
+    /// Expand every weight to f32 first (the reference the compressed path is checked against).
+    #[arg(long)]
     pub dense: bool,
+    /// tokenizer.json to use [default: the model's own].
+    #[arg(long, value_name = "PATH")]
     pub tokenizer: Option<PathBuf>,
+    /// config.json to use [default: the model's own, else all-MiniLM-L6-v2's].
+    #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Longest sequence in tokens; longer texts are cut.
+    #[arg(long, value_name = "N", default_value_t = 256)]
     pub max_length: usize,
+    /// Texts per forward pass.
+    #[arg(long, value_name = "N", default_value_t = 32)]
     pub batch: usize,
+    /// Plain mean pooling, without scaling to unit length.
+    #[arg(long)]
     pub no_normalize: bool,
 }
 

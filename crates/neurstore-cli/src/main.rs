@@ -90,34 +90,7 @@ enum Command {
     /// Show store-wide sizes and counts.
     Stats,
     /// Print sentence embeddings of texts, computed by BERT model NAME on its compressed weights.
-    Embed {
-        /// Model name (a BERT encoder, e.g. all-MiniLM-L6-v2 imported as a directory).
-        name: String,
-        /// Text to embed (repeatable).
-        #[arg(long = "text", value_name = "TEXT")]
-        texts: Vec<String>,
-        /// File of texts to embed, one per line ("-" for standard input).
-        #[arg(long, value_name = "FILE")]
-        file: Option<PathBuf>,
-        /// Expand every weight to f32 first (the reference the compressed path is checked against).
-        #[arg(long)]
-        dense: bool,
-        /// tokenizer.json to use [default: the model's own].
-        #[arg(long, value_name = "PATH")]
-        tokenizer: Option<PathBuf>,
-        /// config.json to use [default: the model's own, else all-MiniLM-L6-v2's].
-        #[arg(long, value_name = "PATH")]
-        config: Option<PathBuf>,
-        /// Longest sequence in tokens; longer texts are cut.
-        #[arg(long, value_name = "N", default_value_t = 256)]
-        max_length: usize,
-        /// Texts per forward pass.
-        #[arg(long, value_name = "N", default_value_t = 32)]
-        batch: usize,
-        /// Plain mean pooling, without scaling to unit length.
-        #[arg(long)]
-        no_normalize: bool,
-    },
+    Embed(embed::EmbedRequest),
 }
 
 fn main() -> ExitCode {
@@ -226,30 +199,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Stats => out.stats(&Store::open(&root)?.stats()?),
-        Command::Embed {
-            name,
-            texts,
-            file,
-            dense,
-            tokenizer,
-            config,
-            max_length,
-            batch,
-            no_normalize,
-        } => {
-            let request = embed::EmbedRequest {
-                name,
-                texts,
-                file,
-                dense,
-                tokenizer,
-                config,
-                max_length,
-                batch,
-                no_normalize,
-            };
-            out.embed(&embed::embed(&root, &request, &bar)?);
-        }
+        Command::Embed(request) => out.embed(&embed::embed(&root, &request, &bar)?),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -629,6 +629,12 @@ impl BaseReader<'_> {
     }
 }
 
+/// Drops this process's mapping of a blob's pages once a one-pass export has used them (they
+/// stay in the page cache): the export's resident memory then does not grow with the model.
+pub(crate) fn release(blob: &BlobBytes) {
+    release_range(blob, 0..blob.len());
+}
+
 /// [`release`] for bytes `sub` of a blob.
 fn release_range(blob: &BlobBytes, sub: std::ops::Range<usize>) {
     #[cfg(unix)]
@@ -641,31 +647,16 @@ fn release_range(blob: &BlobBytes, sub: std::ops::Range<usize>) {
             return;
         }
         let start = s - s % 4096;
-        // SAFETY: as in `release`.
+        // SAFETY: pack bytes below the committed length never change while the pack exists (a
+        // store invariant), and pages of a read-only shared file mapping dropped here are
+        // faulted back from the file, so every reader of this map, on any thread, keeps
+        // seeing the same bytes.
         let _ = unsafe {
             map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, e - start)
         };
     }
     #[cfg(not(unix))]
     let _ = (blob, sub);
-}
-
-/// Drops this process's mapping of a blob's pages once a one-pass export has used them (they
-/// stay in the page cache): the export's resident memory then does not grow with the model.
-pub(crate) fn release(blob: &BlobBytes) {
-    #[cfg(unix)]
-    if let BlobBytes::Mapped(map, range) = blob {
-        let start = range.start - range.start % 4096;
-        // SAFETY: pack bytes below the committed length never change while the pack exists (a
-        // store invariant), and pages of a read-only shared file mapping dropped here are
-        // faulted back from the file, so every reader of this map, on any thread, keeps
-        // seeing the same bytes.
-        let _ = unsafe {
-            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, range.end - start)
-        };
-    }
-    #[cfg(not(unix))]
-    let _ = blob;
 }
 
 /// A temporary path beside `out`, in the same directory so the final rename is atomic.

@@ -52,6 +52,23 @@ fn models(fine_tunes: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
     (file(&base), fts)
 }
 
+/// A safetensors file of a small F32 tensor "a" (1,000 values) and a large one "big" (`big`).
+fn small_and_big_file(big: &[f32]) -> Vec<u8> {
+    let small = f32_bytes((0..1000).map(|i| i as f32));
+    safetensors_file(
+        &[
+            ("a", DType::F32, vec![1000], small),
+            (
+                "big",
+                DType::F32,
+                vec![big.len() as u64],
+                f32_bytes(big.iter().copied()),
+            ),
+        ],
+        None,
+    )
+}
+
 fn tensor_bytes(file: &[u8]) -> u64 {
     let n = u64::from_le_bytes(file[..8].try_into().unwrap());
     file.len() as u64 - 8 - n
@@ -152,21 +169,7 @@ fn large_tensors_stream_through_get() {
         .iter()
         .map(|x| x + (rng.normal() * 1e-4) as f32)
         .collect();
-    let small = f32_bytes((0..1000).map(|i| i as f32));
-    let file = |v: &[f32]| {
-        safetensors_file(
-            &[
-                ("a", DType::F32, vec![1000], small.clone()),
-                (
-                    "big",
-                    DType::F32,
-                    vec![n as u64],
-                    f32_bytes(v.iter().copied()),
-                ),
-            ],
-            None,
-        )
-    };
+    let file = small_and_big_file;
     let (base_file, ft_file) = (file(&big), file(&ft));
     let (bp, fp) = (dir.path().join("b.st"), dir.path().join("f.st"));
     std::fs::write(&bp, &base_file).unwrap();
@@ -249,21 +252,7 @@ fn large_bounded_tensors_stream_through_get() {
         .iter()
         .map(|x| x + (rng.normal() * 2e-4) as f32)
         .collect();
-    let small = f32_bytes((0..1000).map(|i| i as f32));
-    let file = |v: &[f32]| {
-        safetensors_file(
-            &[
-                ("a", DType::F32, vec![1000], small.clone()),
-                (
-                    "big",
-                    DType::F32,
-                    vec![n as u64],
-                    f32_bytes(v.iter().copied()),
-                ),
-            ],
-            None,
-        )
-    };
+    let file = small_and_big_file;
     let files = [
         ("base", file(&big)),
         ("ft", file(&ft)),

@@ -70,8 +70,8 @@ pub fn encode(
     out
 }
 
-/// Decodes `stored` against `base` into `out` (same length as `base`).
-pub fn decode_into(stored: &[u8], base: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+/// The transform and word width of a delta blob describing `raw_len` raw bytes.
+fn parse_header(stored: &[u8], raw_len: u64) -> Result<(Transform, usize), CodecError> {
     let header = stored
         .get(..HEADER)
         .ok_or_else(|| CodecError::corrupt("delta header truncated"))?;
@@ -83,9 +83,15 @@ pub fn decode_into(stored: &[u8], base: &[u8], out: &mut [u8]) -> Result<(), Cod
     }
     let transform = Transform::from_tag(header[1])?;
     let w = header[2] as usize;
-    if !matches!(w, 1 | 2 | 4 | 8) || !out.len().is_multiple_of(w) {
+    if !matches!(w, 1 | 2 | 4 | 8) || !raw_len.is_multiple_of(w as u64) {
         return Err(CodecError::corrupt(format!("bad delta word width {w}")));
     }
+    Ok((transform, w))
+}
+
+/// Decodes `stored` against `base` into `out` (same length as `base`).
+pub fn decode_into(stored: &[u8], base: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    let (transform, w) = parse_header(stored, out.len() as u64)?;
     if base.len() != out.len() {
         return Err(CodecError::corrupt(format!(
             "base holds {} bytes, tensor {}",
@@ -111,20 +117,7 @@ pub struct Ranged<'a> {
 impl<'a> Ranged<'a> {
     /// Parses and checks `stored`, which must describe `raw_len` raw bytes.
     pub fn new(stored: &'a [u8], raw_len: u64) -> Result<Self, CodecError> {
-        let header = stored
-            .get(..HEADER)
-            .ok_or_else(|| CodecError::corrupt("delta header truncated"))?;
-        if header[0] != VERSION {
-            return Err(CodecError::corrupt(format!(
-                "unknown delta version {}",
-                header[0]
-            )));
-        }
-        let transform = Transform::from_tag(header[1])?;
-        let w = header[2] as usize;
-        if !matches!(w, 1 | 2 | 4 | 8) || !raw_len.is_multiple_of(w as u64) {
-            return Err(CodecError::corrupt(format!("bad delta word width {w}")));
-        }
+        let (transform, w) = parse_header(stored, raw_len)?;
         let words = grouped::Ranged::new(&stored[HEADER..], raw_len)?;
         if !words.align().is_multiple_of(w) {
             return Err(CodecError::corrupt("delta chunks split words"));
