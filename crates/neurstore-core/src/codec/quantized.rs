@@ -685,10 +685,20 @@ impl<'a> Ranged<'a> {
         let (ca, cb) = (a * w, b * w);
         let lo = ca / chunk * chunk;
         let hi = (cb.div_ceil(chunk) * chunk).min(self.n as u64 * w);
-        let mut codes = vec![0u8; (hi - lo) as usize];
-        self.codes.decode_range(lo, &mut codes)?;
-        let codes = &codes[(ca - lo) as usize..(cb - lo) as usize];
-        reconstruct_range(self.dtype, self.w, self.step, codes, base, out);
+        // The code bytes go to this thread's reused buffer, taken out of its cell while in use
+        // (a rayon task stolen meanwhile on this thread finds the cell empty, not borrowed).
+        let mut scratch = CODE_SCRATCH.with(|c| c.take());
+        let len = (hi - lo) as usize;
+        if scratch.len() < len {
+            scratch.resize(len, 0);
+        }
+        let decoded = self.codes.decode_range(lo, &mut scratch[..len]);
+        if decoded.is_ok() {
+            let codes = &scratch[(ca - lo) as usize..(cb - lo) as usize];
+            reconstruct_range(self.dtype, self.w, self.step, codes, base, out);
+        }
+        CODE_SCRATCH.with(|c| c.replace(scratch));
+        decoded?;
         let (a, b) = (a as usize, b as usize);
         let first = self.exception_index.partition_point(|&i| i < a);
         for (k, &i) in self.exception_index.iter().enumerate().skip(first) {
@@ -703,26 +713,35 @@ impl<'a> Ranged<'a> {
     }
 }
 
+thread_local! {
+    /// Code bytes of the range being reconstructed on this thread (reused, never zeroed: every
+    /// byte used is written first).
+    static CODE_SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// Decodes `stored` into `out` (the tensor's raw length), against `base` when it was encoded
-/// with one.
+/// with one: in parallel, one code chunk's elements at a time, through [`Ranged`], so the code
+/// stream is never held whole.
 pub fn decode_into(
     dtype: DType,
     stored: &[u8],
     base: Option<&[u8]>,
     out: &mut [u8],
 ) -> Result<(), CodecError> {
-    let s = sections(dtype, stored, out.len())?;
-    if s.has_base != base.is_some() || base.is_some_and(|b| b.len() != out.len()) {
+    let ranged = Ranged::new(dtype, stored, out.len() as u64)?;
+    if ranged.has_base() != base.is_some() || base.is_some_and(|b| b.len() != out.len()) {
         return Err(CodecError::corrupt(
             "base presence or length disagrees with the blob",
         ));
     }
-    let size = (dtype.bits() / 8) as usize;
-    reconstruct_range(dtype, s.w, s.step, &s.codes, base, out);
-    for (k, &i) in s.exception_index.iter().enumerate() {
-        out[i * size..(i + 1) * size].copy_from_slice(&s.exception_bytes[k * size..(k + 1) * size]);
-    }
-    Ok(())
+    let block = ranged.align();
+    out.par_chunks_mut(block)
+        .enumerate()
+        .try_for_each(|(k, dst)| {
+            let start = k * block;
+            let base = base.map(|b| &b[start..start + dst.len()]);
+            ranged.decode_range(start as u64, base, dst)
+        })
 }
 
 /// A bounded blob as codes, for computing on it without reconstructing every element: element
