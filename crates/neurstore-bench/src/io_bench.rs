@@ -317,7 +317,7 @@ fn one_round(model: &Path, original: &[u8], dir: &Path, check: bool) -> Result<V
 }
 
 /// The usual safetensors load into owned memory.
-fn safetensors_load(model: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+pub(crate) fn safetensors_load(model: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let bytes = std::fs::read(model)?;
     let st = safetensors::SafeTensors::deserialize(&bytes)?;
     Ok(st
@@ -327,7 +327,7 @@ fn safetensors_load(model: &Path) -> Result<Vec<(String, Vec<u8>)>> {
 }
 
 /// Reads one byte of every page (a mapped tensor is faulted in; a decoded one is already there).
-fn touch_pages(data: &[u8]) -> u64 {
+pub(crate) fn touch_pages(data: &[u8]) -> u64 {
     let mut sum: u64 = data.iter().step_by(PAGE).map(|&b| u64::from(b)).sum();
     if let Some(&last) = data.last() {
         sum += u64::from(last);
@@ -382,20 +382,27 @@ fn compression_of(root: &Path) -> Result<Compression> {
     })
 }
 
-fn summarize(op: Op, samples: Vec<f64>, bytes: u64) -> OpResult {
-    let mut sorted = samples.clone();
+/// The median of some samples (the mean of the middle two for an even count).
+pub(crate) fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
     sorted.sort_by(f64::total_cmp);
     let n = sorted.len();
-    let median = if n % 2 == 1 {
+    if n % 2 == 1 {
         sorted[n / 2]
     } else {
         (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    };
+    }
+}
+
+fn summarize(op: Op, samples: Vec<f64>, bytes: u64) -> OpResult {
+    let median = median(&samples);
+    let min = samples.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = samples.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     OpResult {
         op,
         median_s: median,
-        min_s: sorted[0],
-        max_s: sorted[n - 1],
+        min_s: min,
+        max_s: max,
         bytes_per_s: bytes as f64 / median,
         samples_s: samples,
     }

@@ -20,6 +20,8 @@ use anyhow::{Context, Result, bail, ensure};
 use neurstore::{BaseCacheStats, BaseChoice, LoadedTensor, Mode, NoProgress, PutOptions, Store};
 use serde::Serialize;
 
+use crate::io_bench::{median, safetensors_load, touch_pages};
+
 /// Name of the base model in the benchmark stores.
 const BASE: &str = "base";
 
@@ -238,26 +240,12 @@ fn time<T>(f: impl FnOnce() -> Result<T>) -> Result<f64> {
 fn time_load(store: &Store, name: &str) -> Result<(f64, u64)> {
     let t = Instant::now();
     let loaded = store.load(name)?;
-    let touched: u64 = loaded.iter().map(|t| touch(&t.data)).sum();
+    let touched: u64 = loaded.iter().map(|t| touch_pages(&t.data)).sum();
     let s = t.elapsed().as_secs_f64();
     black_box(touched);
     let bytes = loaded.iter().map(|t| t.data.len() as u64).sum();
     drop(loaded);
     Ok((s, bytes))
-}
-
-fn touch(data: &[u8]) -> u64 {
-    data.iter().step_by(4096).map(|&b| u64::from(b)).sum()
-}
-
-/// The usual safetensors load into owned memory.
-fn safetensors_load(model: &Path) -> Result<Vec<(String, Vec<u8>)>> {
-    let bytes = std::fs::read(model)?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)?;
-    Ok(st
-        .iter()
-        .map(|(name, view)| (name.to_string(), view.data().to_vec()))
-        .collect())
 }
 
 /// The bounded fine-tune loads within its bound of the original.
@@ -274,17 +262,6 @@ fn check_finetune(root: &Path, file: &Path, tol: f64) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn median(samples: &[f64]) -> f64 {
-    let mut s = samples.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
 }
 
 /// Peak RSS of `neurstore get` for the lossless model and the first fine-tune.
