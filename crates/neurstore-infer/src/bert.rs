@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{D, Device, Tensor};
-use neurstore::{DType, ResidentModel, ResidentTensor, ResidentWeight};
+use neurstore::{ResidentModel, ResidentTensor, ResidentWeight};
 
 use crate::config::BertConfig;
 use crate::error::{InferError, Result};
@@ -307,27 +307,7 @@ pub fn resident_from_safetensors(name: &str, file: &[u8]) -> Result<ResidentMode
     for t in &header.tensors {
         let start = (header.data_start + t.start) as usize;
         let bytes = &file[start..start + t.byte_len() as usize];
-        let weight = match t.dtype {
-            DType::F32 => ResidentWeight::Dense(
-                bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                    .collect(),
-            ),
-            DType::BF16 => ResidentWeight::Dense(
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-            ),
-            DType::F16 => ResidentWeight::Dense(
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-            ),
-            other => ResidentWeight::Bytes(other, bytes.to_vec()),
-        };
+        let weight = ResidentWeight::from_bytes(t.dtype, bytes);
         tensors.insert(
             t.name.clone(),
             ResidentTensor {

@@ -39,6 +39,17 @@ pub struct ResidentTensor {
     pub weight: ResidentWeight,
 }
 
+impl ResidentWeight {
+    /// A tensor's little-endian element bytes as held for computation: floats widened or
+    /// narrowed to f32, anything else kept as bytes.
+    pub fn from_bytes(dtype: DType, bytes: &[u8]) -> Self {
+        match f32_elements(dtype, bytes) {
+            Some(v) => ResidentWeight::Dense(v),
+            None => ResidentWeight::Bytes(dtype, bytes.to_vec()),
+        }
+    }
+}
+
 impl ResidentTensor {
     /// Bytes this tensor holds on its own (a shared base is not counted).
     pub fn held_bytes(&self) -> usize {
@@ -220,11 +231,10 @@ impl Store {
             });
         }
         let data = self.decode_object(object, what)?;
-        let weight = match f32_elements(dtype, &data) {
-            Some(v) => ResidentWeight::Dense(v),
-            None => ResidentWeight::Bytes(dtype, data.to_vec()),
-        };
-        Ok(ResidentTensor { shape, weight })
+        Ok(ResidentTensor {
+            shape,
+            weight: ResidentWeight::from_bytes(dtype, &data),
+        })
     }
 
     /// A quantized object as a kernel matrix over `base` (its reconstructed base).
