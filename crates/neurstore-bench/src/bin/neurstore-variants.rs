@@ -98,6 +98,20 @@ fn variants(w1: &Path) -> Result<Vec<Variant>> {
         .collect()
 }
 
+/// The token id sequences of a W1 held-out set.
+fn input_ids(set: &Value) -> Result<Vec<Vec<u32>>> {
+    Ok(set["input_ids"]
+        .as_array()
+        .context("held-out set without input_ids")?
+        .iter()
+        .map(|s| {
+            s.as_array()
+                .map(|a| a.iter().map(|x| x.as_u64().unwrap_or(0) as u32).collect())
+                .unwrap_or_default()
+        })
+        .collect())
+}
+
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -308,16 +322,7 @@ fn main() -> Result<()> {
     );
 
     // 5. Tokenizer check: tokenizer.json vs the workload's own WordPiece ids.
-    let ids_ref: Vec<Vec<u32>> = heldout["input_ids"]
-        .as_array()
-        .context("held-out set without input_ids")?
-        .iter()
-        .map(|s| {
-            s.as_array()
-                .map(|a| a.iter().map(|x| x.as_u64().unwrap_or(0) as u32).collect())
-                .unwrap_or_default()
-        })
-        .collect();
+    let ids_ref = input_ids(&heldout)?;
     let max_len = heldout["max_len"].as_u64().unwrap_or(48) as usize;
     let short = TextEncoder::from_json(&tokenizer_json, max_len)?;
     let token_mismatch = texts
@@ -336,17 +341,8 @@ fn main() -> Result<()> {
     let mut min_agree = 1.0f64;
     for (k, v) in variants.iter().enumerate() {
         let set = read_json(&v.heldout)?;
-        let ids: Vec<Vec<u32>> = set["input_ids"]
-            .as_array()
-            .context("held-out set without input_ids")?
-            .iter()
-            .take(args.examples)
-            .map(|s| {
-                s.as_array()
-                    .map(|a| a.iter().map(|x| x.as_u64().unwrap_or(0) as u32).collect())
-                    .unwrap_or_default()
-            })
-            .collect();
+        let mut ids = input_ids(&set)?;
+        ids.truncate(args.examples);
         let h = head(&v.head)?;
         let pc = predict(&compressed[k], &h, &ids)?;
         let pd = predict(&dense[k], &h, &ids)?;
