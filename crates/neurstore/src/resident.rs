@@ -293,7 +293,9 @@ impl Store {
                 BaseMatrix::Quant(self.quant_matrix(&object, rows, cols, None, &what)?)
             }
             (ObjectKind::Tensor { dtype: DType::F32 }, ..) => {
-                let data = self.decode_object(&object, &what)?;
+                // Through the store's base cache: verifying the models over this base then
+                // finds it decoded instead of decoding it again.
+                let data = self.base_bytes(id, &what, 1)?;
                 BaseMatrix::Dense(f32_elements(DType::F32, &data).unwrap_or_default())
             }
             _ => return Err(StorageError::corrupt(&what, "base is not an F32 tensor").into()),
