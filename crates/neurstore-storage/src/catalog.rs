@@ -12,7 +12,7 @@ use neurstore_core::key::Digest;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params};
 
 use crate::error::{Result, StorageError};
-use crate::pack::{BLOB_ALIGN, BlobLocation};
+use crate::pack::BlobLocation;
 use crate::schema;
 
 /// What an object holds.
@@ -58,6 +58,30 @@ pub struct ObjectRow {
     pub max_error: f64,
     /// Tensor or file key of the decoded bytes (equal to `key` when lossless).
     pub decoded_key: Digest,
+    /// The base's `decoded_key`, as the catalog records it (format 2 seals it in the blob's
+    /// record, and a read compares the two).
+    pub base_key: Option<Digest>,
+}
+
+impl ObjectRow {
+    /// What the object's pack record must say about it (format 2).
+    pub fn meta(&self) -> crate::record::ObjectMeta {
+        crate::record::ObjectMeta {
+            key: self.key,
+            decoded_key: self.decoded_key,
+            base_key: self.base_key,
+            dtype: match self.kind {
+                ObjectKind::Tensor { dtype } => Some(dtype),
+                ObjectKind::File => None,
+            },
+            shape: self.shape.clone(),
+            raw_len: self.raw_len,
+            codec: self.codec,
+            chain_depth: self.chain_depth,
+            tolerance: self.tolerance,
+            max_error: self.max_error,
+        }
+    }
 }
 
 /// An object to insert: everything but the id and refcount.
@@ -87,8 +111,31 @@ pub struct NewObject {
     pub max_error: f64,
     /// Key of the decoded bytes.
     pub decoded_key: Digest,
+    /// The base's decoded key (sealed in the record).
+    pub base_key: Option<Digest>,
     /// Similarity sketch, for objects that may serve as bases.
     pub sketch: Option<Vec<f32>>,
+}
+
+impl NewObject {
+    /// What the object's pack record says about it (format 2).
+    pub fn meta(&self) -> crate::record::ObjectMeta {
+        crate::record::ObjectMeta {
+            key: self.key,
+            decoded_key: self.decoded_key,
+            base_key: self.base_key,
+            dtype: match self.kind {
+                ObjectKind::Tensor { dtype } => Some(dtype),
+                ObjectKind::File => None,
+            },
+            shape: self.shape.clone(),
+            raw_len: self.raw_len,
+            codec: self.codec,
+            chain_depth: self.chain_depth,
+            tolerance: self.tolerance,
+            max_error: self.max_error,
+        }
+    }
 }
 
 /// A model row.
@@ -119,6 +166,25 @@ pub enum FileKind {
     Safetensors,
     /// Any other file: its object is the file's bytes.
     Plain,
+}
+
+impl FileKind {
+    /// The catalog's and the manifest record's tag.
+    pub fn tag(self) -> u8 {
+        match self {
+            FileKind::Safetensors => 0,
+            FileKind::Plain => 1,
+        }
+    }
+
+    /// The kind with this tag.
+    pub fn from_tag(tag: u8) -> Option<Self> {
+        match tag {
+            0 => Some(FileKind::Safetensors),
+            1 => Some(FileKind::Plain),
+            _ => None,
+        }
+    }
 }
 
 /// One file of a model.
@@ -155,7 +221,8 @@ pub struct Catalog {
 
 const OBJECT_COLUMNS: &str = "o.object_id, o.content_key, o.kind, o.dtype, o.shape, o.raw_len, o.codec, \
      o.pack_id, o.offset, o.stored_len, o.checksum, o.refcount, o.base_id, o.chain_depth, o.tolerance, \
-     o.max_error, o.decoded_key";
+     o.max_error, o.decoded_key, \
+     (SELECT b.decoded_key FROM objects b WHERE b.object_id = o.base_id)";
 const MODEL_COLUMNS: &str =
     "model_id, name, created_unix, source_format, metadata, raw_bytes, base_model, mode";
 
@@ -171,8 +238,15 @@ impl Catalog {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
-        schema::migrate(&mut conn)?;
+        schema::migrate(&mut conn, create)?;
         Ok(Catalog { conn })
+    }
+
+    /// Writes the write-ahead log back into the database file and empties it.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
     }
 
     /// Starts a write transaction (taking SQLite's write lock at once).
@@ -397,9 +471,9 @@ pub trait Queries {
 
     /// Every pack: (id, committed length).
     fn packs(&self) -> Result<Vec<(u64, u64)>> {
-        let mut stmt = self
-            .conn()
-            .prepare("SELECT pack_id, committed_len FROM packs ORDER BY pack_id")?;
+        let mut stmt = self.conn().prepare(
+            "SELECT pack_id, committed_len FROM packs WHERE doomed = 0 ORDER BY pack_id",
+        )?;
         let rows = stmt
             .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -426,6 +500,101 @@ pub trait Queries {
             n("SELECT count(*) FROM model_tensors")?,
             n("SELECT count(*) FROM objects WHERE kind = 0")?,
         ))
+    }
+
+    /// A `store_meta` value.
+    fn meta_value(&self, key: &str) -> Result<Option<String>> {
+        self.conn()
+            .query_row("SELECT value FROM store_meta WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(Into::into)
+    }
+
+    /// The store's format version: 1 (blobs only in packs) or 2 (self-describing records).
+    fn format_version(&self) -> Result<u32> {
+        match self.meta_value("format_version")? {
+            None => Ok(1),
+            Some(v) => v
+                .parse()
+                .map_err(|_| StorageError::corrupt("store_meta", format!("format_version {v:?}"))),
+        }
+    }
+
+    /// The next commit sequence number (format 2).
+    fn next_seq(&self) -> Result<u64> {
+        match self.meta_value("next_seq")? {
+            None => Ok(1),
+            Some(v) => v
+                .parse()
+                .map_err(|_| StorageError::corrupt("store_meta", format!("next_seq {v:?}"))),
+        }
+    }
+
+    /// Every model's manifest record: (model id, name, record location), format 2.
+    fn model_records(&self) -> Result<Vec<(i64, String, Option<BlobLocation>)>> {
+        let mut stmt = self.conn().prepare(
+            "SELECT model_id, name, record_pack, record_offset, record_len FROM models ORDER BY model_id",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(id, name, p, o, l)| {
+                let loc = match (p, o, l) {
+                    (Some(p), Some(o), Some(l)) => Some(location(p, o, l, &name)?),
+                    (None, None, None) => None,
+                    _ => {
+                        return Err(StorageError::corrupt(
+                            format!("model {name:?}"),
+                            "partial record location",
+                        ));
+                    }
+                };
+                Ok((id, name, loc))
+            })
+            .collect()
+    }
+
+    /// Every tombstone record: (seq, model name, location).
+    fn tombstones(&self) -> Result<Vec<(u64, String, BlobLocation)>> {
+        let mut stmt = self.conn().prepare(
+            "SELECT seq, name, pack_id, offset, record_len FROM tombstones ORDER BY seq",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(seq, name, p, o, l)| Ok((seq as u64, name.clone(), location(p, o, l, &name)?)))
+            .collect()
+    }
+
+    /// Packs a committed gc stopped naming, whose files may still exist.
+    fn doomed_packs(&self) -> Result<Vec<u64>> {
+        let mut stmt = self
+            .conn()
+            .prepare("SELECT pack_id FROM packs WHERE doomed = 1 ORDER BY pack_id")?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, i64>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows.into_iter().map(|id| id as u64).collect())
     }
 
     /// Number of models other than `model_id` that reference `object_id`.
@@ -483,6 +652,66 @@ impl WriteTxn<'_> {
     pub fn delete_pack(&self, pack_id: u64) -> Result<()> {
         self.tx
             .execute("DELETE FROM packs WHERE pack_id = ?1", [pack_id as i64])?;
+        Ok(())
+    }
+
+    /// Marks a pack dead: no row names it any more, and its file is removed after the commit
+    /// (or by the next writer's recovery, should the process die first).
+    pub fn doom_pack(&self, pack_id: u64) -> Result<()> {
+        self.tx.execute(
+            "UPDATE packs SET doomed = 1 WHERE pack_id = ?1",
+            [pack_id as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Sets a `store_meta` value.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.tx.execute(
+            "INSERT INTO store_meta (key, value) VALUES (?1, ?2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [key, value],
+        )?;
+        Ok(())
+    }
+
+    /// Records where a model's manifest record is, and its commit sequence number.
+    pub fn set_model_record(&self, model_id: i64, seq: u64, at: BlobLocation) -> Result<()> {
+        self.tx.execute(
+            "UPDATE models SET seq = ?2, record_pack = ?3, record_offset = ?4, record_len = ?5 \
+             WHERE model_id = ?1",
+            params![
+                model_id,
+                seq as i64,
+                at.pack_id as i64,
+                at.offset as i64,
+                at.len as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Records a tombstone record.
+    pub fn insert_tombstone(&self, seq: u64, name: &str, at: BlobLocation) -> Result<()> {
+        self.tx.execute(
+            "INSERT INTO tombstones (seq, name, pack_id, offset, record_len) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![seq as i64, name, at.pack_id as i64, at.offset as i64, at.len as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Moves a tombstone record (garbage collection).
+    pub fn relocate_tombstone(&self, seq: u64, at: BlobLocation) -> Result<()> {
+        self.tx.execute(
+            "UPDATE tombstones SET pack_id = ?2, offset = ?3 WHERE seq = ?1",
+            params![seq as i64, at.pack_id as i64, at.offset as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes the rows of packs whose files are gone.
+    pub fn forget_doomed_packs(&self) -> Result<()> {
+        self.tx.execute("DELETE FROM packs WHERE doomed = 1", [])?;
         Ok(())
     }
 
@@ -563,6 +792,15 @@ impl WriteTxn<'_> {
         self.tx.execute(
             "UPDATE objects SET pack_id = ?2, offset = ?3 WHERE object_id = ?1",
             params![object_id, to.pack_id as i64, to.offset as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Sets an object's record checksum (the upgrade to format 2).
+    pub fn set_object_checksum(&self, object_id: i64, sum: &Digest) -> Result<()> {
+        self.tx.execute(
+            "UPDATE objects SET checksum = ?2 WHERE object_id = ?1",
+            params![object_id, &sum[..]],
         )?;
         Ok(())
     }
@@ -729,6 +967,24 @@ pub fn manifest(model: &ModelRow, files: &[FileRow], tensors: &[TensorRow]) -> D
     *h.finalize().as_bytes()
 }
 
+fn location(pack: i64, offset: i64, len: i64, what: &str) -> Result<BlobLocation> {
+    match (
+        u64::try_from(pack),
+        u64::try_from(offset),
+        u64::try_from(len),
+    ) {
+        (Ok(pack_id), Ok(offset), Ok(len)) => Ok(BlobLocation {
+            pack_id,
+            offset,
+            len,
+        }),
+        _ => Err(StorageError::corrupt(
+            format!("record of {what:?}"),
+            "negative location",
+        )),
+    }
+}
+
 fn model_row(r: &Row) -> rusqlite::Result<ModelRow> {
     Ok(ModelRow {
         id: r.get(0)?,
@@ -773,6 +1029,12 @@ fn object_row(r: &Row, at: usize) -> Result<ObjectRow> {
     let tolerance: Option<f64> = r.get(at + 14)?;
     let max_error: f64 = r.get(at + 15)?;
     let decoded_key = digest(r.get(at + 16)?, "decoded key")?;
+    let base_key = match (base, r.get::<_, Option<Vec<u8>>>(at + 17)?) {
+        (None, None) => None,
+        (Some(_), Some(k)) => Some(digest(k, "base's decoded key")?),
+        (Some(b), None) => return Err(bad(format!("base object {b} is missing"))),
+        (None, Some(_)) => return Err(bad("a base key without a base".into())),
+    };
     let needs_base = codec == Codec::Delta;
     let may_have_base = matches!(codec, Codec::Delta | Codec::Quantized);
     if (needs_base && base.is_none())
@@ -795,12 +1057,6 @@ fn object_row(r: &Row, at: usize) -> Result<ObjectRow> {
     if !bound_ok {
         return Err(bad(format!(
             "tolerance {tolerance:?} and max error {max_error} disagree with the codec"
-        )));
-    }
-    if !location.offset.is_multiple_of(BLOB_ALIGN) {
-        return Err(bad(format!(
-            "offset {} is not {BLOB_ALIGN}-aligned",
-            location.offset
         )));
     }
     if codec == Codec::Raw && location.len != raw_len {
@@ -840,5 +1096,6 @@ fn object_row(r: &Row, at: usize) -> Result<ObjectRow> {
         tolerance,
         max_error,
         decoded_key,
+        base_key,
     })
 }

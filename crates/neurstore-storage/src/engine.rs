@@ -10,8 +10,8 @@
 //! step 3, and every blob the catalog names was durable before the catalog named it.
 //! **Invariant:** nothing outside this crate calls fsync on store files.
 
-use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::backend::{Backend, FsBackend};
@@ -20,7 +20,11 @@ use crate::error::{Result, StorageError};
 use crate::index::TensorIndex;
 use crate::lock::WriterLock;
 use crate::pack::{
-    BlobBytes, BlobLocation, PackAppender, PackReader, align_up, pack_file_name, pack_id_from_name,
+    BlobBytes, BlobLocation, PackAppender, PackReader, pack_file_name, pack_id_from_name,
+};
+use crate::record::{
+    ModelRecord, ObjectMeta, PACK_HEADER_LEN, RecordHeader, RecordType, encode_pack_header,
+    encode_tombstone, object_alignment, record_checksum,
 };
 
 /// Default size at which a pack file is closed and a new one started.
@@ -56,6 +60,11 @@ pub struct RecoveryReport {
     pub orphan_packs_removed: u64,
     /// Bytes in those orphan packs.
     pub orphan_bytes: u64,
+    /// Files of packs a committed gc had doomed, removed now.
+    pub doomed_packs_removed: u64,
+    /// Packs shorter than the catalog says (damaged; left as they are, reads of what is
+    /// missing fail, and `verify` names them).
+    pub short_packs: u64,
 }
 
 /// What garbage collection did.
@@ -84,26 +93,68 @@ pub struct DiskUsage {
     pub catalog_bytes: u64,
 }
 
-struct WriterState {
+pub(crate) struct WriterState {
     _lock: WriterLock,
-    poisoned: bool,
-    max_pack_len: u64,
+    pub(crate) poisoned: bool,
+    pub(crate) max_pack_len: u64,
 }
 
 /// An open store.
 pub struct Engine {
-    root: PathBuf,
-    catalog: Mutex<Catalog>,
-    backend: Arc<dyn Backend>,
-    reader: PackReader,
+    pub(crate) root: PathBuf,
+    pub(crate) catalog: Mutex<Catalog>,
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) reader: PackReader,
     writer: Option<Mutex<WriterState>>,
+    /// Store format: 1 (blobs only) or 2 (self-describing records); an upgrade changes it.
+    pub(crate) format: AtomicU32,
+    /// Random id of the store, written in every format-2 pack header.
+    pub(crate) store_id: Mutex<[u8; 16]>,
     index: Mutex<Option<TensorIndex>>,
     index_rebuilds: std::sync::atomic::AtomicU64,
 }
 
 const INDEX_FILE: &str = "index.hnsw";
-const CATALOG_FILE: &str = "catalog.db";
-const PACK_DIR: &str = "packs";
+pub(crate) const CATALOG_FILE: &str = "catalog.db";
+pub(crate) const PACK_DIR: &str = "packs";
+
+/// A fresh random store id (format 2 pack headers carry it).
+pub(crate) fn new_store_id(root: &Path) -> [u8; 16] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"neurstore/store-id\0");
+    h.update(root.as_os_str().as_encoded_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    h.update(&now.as_nanos().to_le_bytes());
+    h.update(&(&h as *const _ as usize).to_le_bytes());
+    h.finalize().as_bytes()[..16].try_into().expect("16 bytes")
+}
+
+/// Hex spelling of a store id.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_store_id(v: &str) -> Option<[u8; 16]> {
+    if v.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(v.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// True when the backend's namespace holds at least one pack file.
+fn has_pack_files(backend: &dyn Backend) -> bool {
+    backend
+        .list()
+        .map(|names| names.iter().any(|n| pack_id_from_name(n).is_some()))
+        .unwrap_or(false)
+}
 
 impl Engine {
     /// Creates an empty store at `root`, which must not exist or be an empty directory.
@@ -121,8 +172,9 @@ impl Engine {
         let mut catalog = Catalog::open(&root.join(CATALOG_FILE), true)?;
         let tx = catalog.write()?;
         tx.conn().execute(
-            "INSERT INTO store_meta (key, value) VALUES ('format', 'neurstore'), ('next_pack_id', '1')",
-            [],
+            "INSERT INTO store_meta (key, value) VALUES ('format', 'neurstore'), ('next_pack_id', '1'), \
+             ('format_version', '2'), ('next_seq', '1'), ('store_id', ?1)",
+            [hex(&new_store_id(root))],
         )?;
         tx.commit()?;
         std::fs::File::open(root)
@@ -131,21 +183,62 @@ impl Engine {
         Ok(())
     }
 
-    /// Opens the store at `root`.
+    /// Opens the store at `root`. A catalog that is missing, empty or unreadable while pack
+    /// files hold data is an error that changes nothing (`recover` rebuilds it).
     pub fn open(root: &Path, options: EngineOptions) -> Result<(Self, RecoveryReport)> {
         let catalog_path = root.join(CATALOG_FILE);
-        if !catalog_path.is_file() {
-            return Err(StorageError::NoStore(root.to_path_buf()));
+        let backend = options
+            .backend
+            .unwrap_or_else(|| Arc::new(FsBackend::new(root.join(PACK_DIR))));
+        let lost = |detail: String| {
+            if has_pack_files(&*backend) {
+                StorageError::CatalogLost {
+                    dir: root.to_path_buf(),
+                    detail,
+                }
+            } else {
+                StorageError::NoStore(root.to_path_buf())
+            }
+        };
+        match std::fs::metadata(&catalog_path) {
+            Ok(m) if m.is_file() && m.len() > 0 => {}
+            Ok(m) if m.is_file() => return Err(lost("empty".into())),
+            _ => return Err(lost("missing".into())),
         }
         // Lock before touching anything, so recovery never races another writer.
         let lock = options
             .write
             .then(|| WriterLock::acquire(root))
             .transpose()?;
-        let catalog = Catalog::open(&catalog_path, false)?;
-        let backend = options
-            .backend
-            .unwrap_or_else(|| Arc::new(FsBackend::new(root.join(PACK_DIR))));
+        let mut catalog = Catalog::open(&catalog_path, false).map_err(|e| match e {
+            StorageError::Corrupt { .. } => lost(format!("not a catalog ({e})")),
+            StorageError::Catalog(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(
+                    f.code,
+                    rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
+                ) =>
+            {
+                lost(format!("unreadable ({f})"))
+            }
+            other => other,
+        })?;
+        let (format, store_id) = {
+            let tx = catalog.read()?;
+            let format = tx.format_version()?;
+            let id = tx.meta_value("store_id")?;
+            let store_id = match (format, id.as_deref().map(parse_store_id)) {
+                (1, _) => [0; 16],
+                (2, Some(Some(id))) => id,
+                (2, _) => return Err(StorageError::corrupt("store_meta", "store_id")),
+                (v, _) => {
+                    return Err(StorageError::corrupt(
+                        "store_meta",
+                        format!("format_version {v} is not known to this build"),
+                    ));
+                }
+            };
+            (format, store_id)
+        };
         let engine = Engine {
             root: root.to_path_buf(),
             catalog: Mutex::new(catalog),
@@ -153,6 +246,8 @@ impl Engine {
             backend,
             index: Mutex::new(None),
             index_rebuilds: std::sync::atomic::AtomicU64::new(0),
+            format: AtomicU32::new(format),
+            store_id: Mutex::new(store_id),
             writer: lock.map(|l| {
                 Mutex::new(WriterState {
                     _lock: l,
@@ -167,6 +262,17 @@ impl Engine {
             RecoveryReport::default()
         };
         Ok((engine, report))
+    }
+
+    /// The store's format version (1 or 2).
+    pub fn format_version(&self) -> u32 {
+        self.format.load(Ordering::Acquire)
+    }
+
+    /// True when every blob's record seals the key of the base it is decoded against (format
+    /// 2), so a delta decoded from verified records needs no second hash of its output.
+    pub fn seals_bases(&self) -> bool {
+        self.format_version() >= 2
     }
 
     /// The store directory.
@@ -186,10 +292,75 @@ impl Engine {
         f(&tx)
     }
 
-    /// Reads an object's stored bytes, verifying the checksum. `what` names it in errors.
+    /// Reads an object's stored bytes, verifying the checksum. `what` names it in errors. In
+    /// format 2 the object's record must also be the one the row describes: same keys, base
+    /// key, codec, dtype and shape (the record's meta, compared byte for byte).
     pub fn read_blob(&self, object: &ObjectRow, what: &str) -> Result<BlobBytes> {
-        self.reader
-            .read_verified(object.location, &object.checksum, what)
+        if self.format_version() == 1 {
+            return self
+                .reader
+                .read_verified(object.location, &object.checksum, what);
+        }
+        let meta = object.meta().encode();
+        let is_tensor = matches!(object.kind, crate::catalog::ObjectKind::Tensor { .. });
+        let header = RecordHeader {
+            kind: RecordType::Object,
+            align_log2: object_alignment(object.codec, is_tensor, object.location.len),
+            meta_len: meta.len() as u16,
+            payload_len: object.location.len,
+        };
+        let at = object.location.offset;
+        let place = || format!("pack {} at offset {at}", object.location.pack_id);
+        let end = header.end(at).ok_or_else(|| {
+            StorageError::corrupt(what, format!("record at {} overflows", place()))
+        })?;
+        let bytes = self.reader.read(
+            BlobLocation {
+                pack_id: object.location.pack_id,
+                offset: at,
+                len: end - at,
+            },
+            what,
+        )?;
+        let head = header.encode();
+        let h = head.len();
+        if bytes[..h] != head {
+            let detail = match RecordHeader::decode(&bytes[..h]) {
+                None => format!("no record starts at {}", place()),
+                Some(_) => format!("the record at {} is not this object's", place()),
+            };
+            return Err(StorageError::corrupt(what, detail));
+        }
+        if bytes[h..h + meta.len()] != meta[..] {
+            return Err(StorageError::corrupt(
+                what,
+                format!(
+                    "the record at {} holds another object, or a delta against another base, \
+                     than the catalog row says",
+                    place()
+                ),
+            ));
+        }
+        let start = (header.payload_offset(at).expect("end exists") - at) as usize;
+        let stop = start + object.location.len as usize;
+        let sum = record_checksum(&head, &meta, &bytes[start..stop]);
+        if bytes[stop..] != sum {
+            return Err(StorageError::corrupt(
+                what,
+                format!(
+                    "checksum mismatch in {} ({} bytes)",
+                    place(),
+                    object.location.len
+                ),
+            ));
+        }
+        if sum != object.checksum {
+            return Err(StorageError::corrupt(
+                what,
+                "the catalog's checksum disagrees with the record's",
+            ));
+        }
+        Ok(bytes.slice(start..stop))
     }
 
     /// Bytes on disk.
@@ -315,7 +486,7 @@ impl Engine {
         file.len().map_err(|e| StorageError::io(&name, e))
     }
 
-    fn writer(&self) -> Result<MutexGuard<'_, WriterState>> {
+    pub(crate) fn writer(&self) -> Result<MutexGuard<'_, WriterState>> {
         let state = self.writer.as_ref().ok_or(StorageError::ReadOnly)?;
         let state = state.lock().unwrap_or_else(|e| e.into_inner());
         if state.poisoned {
@@ -325,7 +496,19 @@ impl Engine {
     }
 
     /// Starts a write: blobs appended through the session become visible only at commit.
+    /// A format-1 store takes no writes until upgraded.
     pub fn begin_write(&self) -> Result<WriteSession<'_>> {
+        if self.format_version() < 2 {
+            // Checked under the writer state, so a reader's handle reports it too.
+            drop(self.writer()?);
+            return Err(StorageError::NeedsUpgrade(self.root.clone()));
+        }
+        self.begin_write_any()
+    }
+
+    /// A write session whatever the store's format (the upgrade writes format-2 packs into a
+    /// format-1 store before it switches the format).
+    pub(crate) fn begin_write_any(&self) -> Result<WriteSession<'_>> {
         let state = self.writer()?;
         Ok(WriteSession {
             engine: self,
@@ -333,126 +516,19 @@ impl Engine {
             sealed: Vec::new(),
             current: None,
             fresh_pack: false,
+            seq: None,
         })
     }
 
-    /// Like [`Engine::begin_write`], but never appends to an existing pack (used by gc).
-    fn begin_write_fresh(&self) -> Result<WriteSession<'_>> {
-        let mut session = self.begin_write()?;
+    /// Like [`Engine::begin_write`], but never appends to an existing pack (gc, upgrade).
+    pub(crate) fn begin_write_fresh(&self) -> Result<WriteSession<'_>> {
+        let mut session = self.begin_write_any()?;
         session.fresh_pack = true;
         Ok(session)
     }
-
-    /// Cuts uncommitted tails off pack files and removes pack files the catalog does not know.
-    /// Only a writer may run it: it holds the lock, so no write is in progress.
-    pub fn recover(&self) -> Result<RecoveryReport> {
-        let _state = self.writer()?;
-        let packs: HashMap<u64, u64> = self.read(|q| q.packs())?.into_iter().collect();
-        let mut report = RecoveryReport::default();
-        let io = |what: String| move |e| StorageError::io(what, e);
-        for name in self.backend.list().map_err(io("listing packs".into()))? {
-            let Some(id) = pack_id_from_name(&name) else {
-                continue;
-            };
-            let file = self.backend.open(&name, true).map_err(io(name.clone()))?;
-            let len = file.len().map_err(io(name.clone()))?;
-            match packs.get(&id) {
-                None => {
-                    drop(file);
-                    self.backend.remove(&name).map_err(io(name.clone()))?;
-                    self.reader.forget(id);
-                    report.orphan_packs_removed += 1;
-                    report.orphan_bytes += len;
-                }
-                Some(&committed) if len > committed => {
-                    file.set_len(committed).map_err(io(name.clone()))?;
-                    file.sync().map_err(io(name.clone()))?;
-                    report.truncated_bytes += len - committed;
-                }
-                Some(_) => {}
-            }
-        }
-        if report.orphan_packs_removed > 0 {
-            self.backend
-                .sync_dir()
-                .map_err(io("syncing the pack directory".into()))?;
-        }
-        Ok(report)
-    }
-
-    /// Rewrites pack files holding dead blobs (of deleted models) so their space returns to the
-    /// file system. Readers that still hold a removed pack open keep reading it safely.
-    pub fn gc(&self, mut progress: impl FnMut(u64, u64)) -> Result<GcReport> {
-        let recovery = self.recover()?;
-        let before = self.disk_usage()?.pack_bytes;
-        let (packs, objects) = self.read(|q| Ok((q.packs()?, q.objects()?)))?;
-        let mut live: HashMap<u64, Vec<&ObjectRow>> = HashMap::new();
-        for o in &objects {
-            live.entry(o.location.pack_id).or_default().push(o);
-        }
-        let mut doomed = BTreeSet::new();
-        let mut to_move: Vec<&ObjectRow> = Vec::new();
-        for (id, committed) in &packs {
-            let blobs = live.get(id).map(Vec::as_slice).unwrap_or(&[]);
-            let live_extent: u64 = blobs.iter().map(|o| align_up(o.location.len)).sum();
-            if align_up(*committed) > live_extent {
-                doomed.insert(*id);
-                to_move.extend(blobs);
-            }
-        }
-        let total: u64 = to_move.iter().map(|o| o.location.len).sum();
-        let mut report = GcReport {
-            recovery,
-            pack_bytes_before: before,
-            ..GcReport::default()
-        };
-        if doomed.is_empty() {
-            report.pack_bytes_after = before;
-            return Ok(report);
-        }
-        let mut session = self.begin_write_fresh()?;
-        let mut moves = Vec::with_capacity(to_move.len());
-        for o in &to_move {
-            let bytes = self.read_blob(o, &format!("object {}", o.id))?;
-            let to = session.append(&bytes)?;
-            moves.push((o.id, to));
-            report.bytes_moved += o.location.len;
-            progress(report.bytes_moved, total);
-        }
-        session.commit(|tx| {
-            for (id, to) in &moves {
-                tx.relocate_object(*id, *to)?;
-            }
-            for id in &doomed {
-                tx.delete_pack(*id)?;
-            }
-            Ok(())
-        })?;
-        report.packs_rewritten = doomed.iter().filter(|id| live.contains_key(id)).count() as u64;
-        report.packs_removed = doomed.len() as u64;
-        // The catalog no longer names these packs; a crash here leaves orphans recovery removes.
-        for id in &doomed {
-            self.reader.forget(*id);
-            self.backend
-                .remove(&pack_file_name(*id))
-                .or_else(|e| {
-                    if e.kind() == std::io::ErrorKind::NotFound {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                })
-                .map_err(|e| StorageError::io(format!("removing pack {id}"), e))?;
-        }
-        self.backend
-            .sync_dir()
-            .map_err(|e| StorageError::io("syncing the pack directory", e))?;
-        report.pack_bytes_after = self.disk_usage()?.pack_bytes;
-        Ok(report)
-    }
 }
 
-/// One write in progress: holds the writer state, appends blobs, commits them in one catalog
+/// One write in progress: holds the writer state, appends records, commits them in one catalog
 /// transaction. Dropping it without committing cuts the appended bytes off again.
 pub struct WriteSession<'e> {
     engine: &'e Engine,
@@ -460,42 +536,137 @@ pub struct WriteSession<'e> {
     sealed: Vec<PackAppender>,
     current: Option<PackAppender>,
     fresh_pack: bool,
+    /// The commit sequence number this write's model or tombstone records carry.
+    seq: Option<u64>,
 }
 
 impl WriteSession<'_> {
-    /// Appends a blob; it becomes reachable only through what [`WriteSession::commit`] records.
-    pub fn append(&mut self, bytes: &[u8]) -> Result<BlobLocation> {
-        let result = self.append_inner(bytes);
+    /// Appends an object's record; it becomes reachable only through what
+    /// [`WriteSession::commit`] records. Returns the record's location (its offset, and the
+    /// payload's length) and its checksum.
+    pub fn append_object(
+        &mut self,
+        meta: &ObjectMeta,
+        payload: &[u8],
+    ) -> Result<(BlobLocation, neurstore_core::key::Digest)> {
+        let meta_bytes = meta.encode();
+        let header = RecordHeader {
+            kind: RecordType::Object,
+            align_log2: object_alignment(meta.codec, meta.dtype.is_some(), payload.len() as u64),
+            meta_len: meta_bytes.len() as u16,
+            payload_len: payload.len() as u64,
+        };
+        let (mut at, sum) = self.append_record(&header, &meta_bytes, payload)?;
+        at.len = payload.len() as u64;
+        Ok((at, sum))
+    }
+
+    /// Appends a model's manifest record; the location's length is the whole record's. The
+    /// record's sequence number is this session's ([`WriteSession::seq`]).
+    pub fn append_model(&mut self, record: &ModelRecord) -> Result<BlobLocation> {
+        let payload = record.encode();
+        let header = RecordHeader {
+            kind: RecordType::Model,
+            align_log2: 0,
+            meta_len: 0,
+            payload_len: payload.len() as u64,
+        };
+        Ok(self.append_record(&header, &[], &payload)?.0)
+    }
+
+    /// Appends the tombstone of model `name`; returns its sequence number and location.
+    pub fn append_tombstone(&mut self, name: &str) -> Result<(u64, BlobLocation)> {
+        let seq = self.seq()?;
+        let payload = encode_tombstone(seq, name);
+        let header = RecordHeader {
+            kind: RecordType::Tombstone,
+            align_log2: 0,
+            meta_len: 0,
+            payload_len: payload.len() as u64,
+        };
+        Ok((seq, self.append_record(&header, &[], &payload)?.0))
+    }
+
+    /// Copies a verified record into this session's packs (gc). Its checksum does not change:
+    /// padding is not covered by it.
+    pub(crate) fn copy_record(
+        &mut self,
+        header: &RecordHeader,
+        meta: &[u8],
+        payload: &[u8],
+    ) -> Result<BlobLocation> {
+        Ok(self.append_record(header, meta, payload)?.0)
+    }
+
+    /// The commit sequence number of this write, taken from the catalog once; the commit
+    /// advances the catalog's counter past it.
+    pub fn seq(&mut self) -> Result<u64> {
+        if let Some(seq) = self.seq {
+            return Ok(seq);
+        }
+        let seq = self.engine.read(|q| q.next_seq())?;
+        self.seq = Some(seq);
+        Ok(seq)
+    }
+
+    /// Appends one record; the location's length is the whole record's.
+    fn append_record(
+        &mut self,
+        header: &RecordHeader,
+        meta: &[u8],
+        payload: &[u8],
+    ) -> Result<(BlobLocation, neurstore_core::key::Digest)> {
+        let result = self.append_record_inner(header, meta, payload);
         if result.is_err() {
             self.state.poisoned = true;
         }
         result
     }
 
-    fn append_inner(&mut self, bytes: &[u8]) -> Result<BlobLocation> {
-        let full = self.current.as_ref().is_some_and(|a| {
-            a.end() > 0 && align_up(a.end()) + bytes.len() as u64 > self.state.max_pack_len
-        });
+    fn append_record_inner(
+        &mut self,
+        header: &RecordHeader,
+        meta: &[u8],
+        payload: &[u8],
+    ) -> Result<(BlobLocation, neurstore_core::key::Digest)> {
+        // At most this many bytes, whatever the padding.
+        let bound = header
+            .end(0)
+            .and_then(|n| n.checked_add(1 << header.align_log2))
+            .ok_or_else(|| StorageError::corrupt("a record", "its length overflows"))?;
+        let max = self.state.max_pack_len;
+        let full = self
+            .current
+            .as_ref()
+            .is_some_and(|a| a.end() > PACK_HEADER_LEN && a.end() + bound > max);
         if full {
             self.sealed.extend(self.current.take());
         }
         if self.current.is_none() {
-            self.current = Some(self.open_appender(bytes.len() as u64)?);
+            self.current = Some(self.open_appender(bound)?);
         }
-        self.current.as_mut().expect("opened above").append(bytes)
+        let appender = self.current.as_mut().expect("opened above");
+        let (offset, sum) = appender.append_record(header, meta, payload)?;
+        let location = BlobLocation {
+            pack_id: appender.pack_id(),
+            offset,
+            len: appender.end() - offset,
+        };
+        Ok((location, sum))
     }
 
-    fn open_appender(&mut self, first_blob: u64) -> Result<PackAppender> {
+    fn open_appender(&mut self, first_record: u64) -> Result<PackAppender> {
         let engine = self.engine;
         let last = engine.read(|q| q.packs())?.last().copied();
         if let Some((id, len)) = last {
             let taken = self.sealed.iter().any(|a| a.pack_id() == id);
-            let fits = len == 0 || align_up(len) + first_blob <= self.state.max_pack_len;
+            let fits = len <= PACK_HEADER_LEN || len + first_record <= self.state.max_pack_len;
             if !self.fresh_pack && !taken && fits {
-                return PackAppender::open(&*engine.backend, id, len, false);
+                return self.with_header(PackAppender::open(&*engine.backend, id, len, false)?);
             }
         }
-        // A new pack: take the next id from the catalog, never reusing one.
+        // A new pack: take the next id from the catalog, never reusing one, and name the pack
+        // at once, so a pack file the catalog does not know is never one of ours.
         let mut catalog = engine.catalog.lock().unwrap_or_else(|e| e.into_inner());
         let tx = catalog.write()?;
         let next: String = tx.conn().query_row(
@@ -518,12 +689,28 @@ impl WriteSession<'_> {
             "UPDATE store_meta SET value = ?1 WHERE key = 'next_pack_id'",
             [(id + 1).to_string()],
         )?;
+        tx.set_pack_len(id, 0)?;
         tx.commit()?;
-        PackAppender::open(&*engine.backend, id, 0, true)
+        drop(catalog);
+        self.with_header(PackAppender::open(&*engine.backend, id, 0, true)?)
     }
 
-    /// Syncs every appended blob, then runs `publish` in one catalog transaction together with
-    /// the new pack lengths, and commits it. On failure, nothing becomes visible.
+    /// Writes the pack header when the pack holds nothing committed yet.
+    fn with_header(&self, mut appender: PackAppender) -> Result<PackAppender> {
+        if appender.end() == 0 {
+            let id = *self
+                .engine
+                .store_id
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            appender.write_header(&encode_pack_header(&id, appender.pack_id()))?;
+        }
+        Ok(appender)
+    }
+
+    /// Syncs every appended record, then runs `publish` in one catalog transaction together
+    /// with the new pack lengths (and the next sequence number), and commits it. On failure,
+    /// nothing becomes visible.
     pub fn commit(mut self, publish: impl FnOnce(&WriteTxn) -> Result<()>) -> Result<()> {
         let result = self.commit_inner(publish);
         match &result {
@@ -546,10 +733,12 @@ impl WriteSession<'_> {
             .unwrap_or_else(|e| e.into_inner());
         let tx = catalog.write()?;
         for appender in self.sealed.iter().chain(&self.current) {
-            // A new pack holding only empty blobs still needs its row: objects reference it.
-            if appender.pending() > 0 || appender.end() == 0 {
+            if appender.pending() > 0 {
                 tx.set_pack_len(appender.pack_id(), appender.end())?;
             }
+        }
+        if let Some(seq) = self.seq {
+            tx.set_meta("next_seq", &(seq + 1).to_string())?;
         }
         publish(&tx)?;
         // An error drops `tx` uncommitted; `commit` latches the writer.
@@ -578,8 +767,9 @@ impl Drop for WriteSession<'_> {
 mod tests {
     use super::*;
     use crate::catalog::{FileKind, ModelRow, NewObject, ObjectKind};
+    use crate::record::ModelRecord;
     use neurstore_core::codec::Codec;
-    use neurstore_core::key::{checksum, file_key};
+    use neurstore_core::key::file_key;
 
     fn writer(dir: &Path) -> Engine {
         Engine::open(
@@ -594,9 +784,41 @@ mod tests {
         .0
     }
 
+    fn file_meta(content: &[u8]) -> crate::record::ObjectMeta {
+        crate::record::ObjectMeta {
+            key: file_key(content),
+            decoded_key: file_key(content),
+            base_key: None,
+            dtype: None,
+            shape: vec![],
+            raw_len: content.len() as u64,
+            codec: Codec::Raw,
+            chain_depth: 0,
+            tolerance: None,
+            max_error: 0.0,
+        }
+    }
+
+    fn append(s: &mut WriteSession<'_>, content: &[u8]) -> BlobLocation {
+        s.append_object(&file_meta(content), content).unwrap().0
+    }
+
     fn put(engine: &Engine, name: &str, content: &[u8]) {
         let mut s = engine.begin_write().unwrap();
-        let location = s.append(content).unwrap();
+        let (location, sum) = s.append_object(&file_meta(content), content).unwrap();
+        let record = ModelRecord {
+            seq: s.seq().unwrap(),
+            name: name.into(),
+            created_unix: 0,
+            source_format: "test".into(),
+            metadata: "{}".into(),
+            raw_bytes: content.len() as u64,
+            base_model: None,
+            mode: "lossless".into(),
+            files: vec![("f".into(), 1, file_key(content))],
+            tensors: vec![],
+        };
+        let at = s.append_model(&record).unwrap();
         let object = NewObject {
             key: file_key(content),
             kind: ObjectKind::File,
@@ -604,12 +826,13 @@ mod tests {
             raw_len: content.len() as u64,
             codec: Codec::Raw,
             location,
-            checksum: checksum(content),
+            checksum: sum,
             base: None,
             chain_depth: 0,
             tolerance: None,
             max_error: 0.0,
             decoded_key: file_key(content),
+            base_key: None,
             sketch: None,
         };
         s.commit(|tx| {
@@ -625,7 +848,8 @@ mod tests {
                 mode: "lossless".into(),
             };
             let m = tx.insert_model(&model)?;
-            tx.insert_model_file(m, "f", FileKind::Plain, id)
+            tx.insert_model_file(m, "f", FileKind::Plain, id)?;
+            tx.set_model_record(m, record.seq, at)
         })
         .unwrap();
     }
@@ -647,7 +871,7 @@ mod tests {
         // An uncommitted append is cut off when the session is dropped.
         {
             let mut s = engine.begin_write().unwrap();
-            s.append(&[3u8; 100]).unwrap();
+            append(&mut s, &[3u8; 100]);
         }
         drop(engine);
         let options = EngineOptions {
@@ -684,7 +908,7 @@ mod tests {
     }
 
     #[test]
-    fn recovery_removes_orphans_and_tails() {
+    fn recovery_cuts_tails_but_never_removes_unknown_packs() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("s");
         Engine::init(&root).unwrap();
@@ -696,20 +920,21 @@ mod tests {
         let mut bytes = std::fs::read(&p1).unwrap();
         bytes.extend_from_slice(&[9u8; 50]);
         std::fs::write(&p1, bytes).unwrap();
-        let (_engine, report) = Engine::open(
-            &root,
-            EngineOptions {
-                write: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let options = EngineOptions {
+            write: true,
+            ..Default::default()
+        };
+        // A pack the catalog does not name: the writer refuses, and nothing is removed.
+        let err = Engine::open(&root, options.clone()).err().unwrap();
+        assert!(matches!(err, StorageError::CatalogBehind { .. }), "{err}");
+        assert!(root.join("packs").join(pack_file_name(77)).exists());
+        std::fs::remove_file(root.join("packs").join(pack_file_name(77))).unwrap();
+        let (_engine, report) = Engine::open(&root, options).unwrap();
         assert_eq!(
             report,
             RecoveryReport {
                 truncated_bytes: 50,
-                orphan_packs_removed: 1,
-                orphan_bytes: 10
+                ..Default::default()
             }
         );
     }
@@ -819,13 +1044,14 @@ mod tests {
             ..Fault::once(1)
         });
         let mut s = engine.begin_write().unwrap();
-        s.append(&[2u8; 100]).unwrap();
+        append(&mut s, &[2u8; 100]);
         assert!(s.commit(|tx| tx.delete_model("a").map(|_| ())).is_err());
         assert!(matches!(engine.begin_write(), Err(StorageError::Poisoned)));
         drop(engine);
         let engine = fault_writer(&root, &disk.current_image());
         assert_eq!(engine.read(|q| q.models()).unwrap().len(), 1);
-        assert_eq!(engine.pack_file_len(1).unwrap(), 100);
+        let committed = engine.read(|q| q.packs()).unwrap()[0].1;
+        assert_eq!(engine.pack_file_len(1).unwrap(), committed);
     }
 
     #[test]
@@ -863,7 +1089,7 @@ mod tests {
         put(&engine, "a", &[1u8; 100]);
         fail.store(true, std::sync::atomic::Ordering::SeqCst);
         let mut s = engine.begin_write().unwrap();
-        s.append(&[2u8; 100]).unwrap();
+        append(&mut s, &[2u8; 100]);
         let err = s.commit(|_| Ok(())).unwrap_err();
         assert!(err.to_string().contains("injected fsync failure"), "{err}");
         // Latched: no further writes, even once the disk is healthy again.
@@ -873,7 +1099,8 @@ mod tests {
         let engine = writer(&root);
         let models = engine.read(|q| q.models()).unwrap();
         assert_eq!(models.len(), 1);
-        assert_eq!(engine.pack_file_len(1).unwrap(), 100);
+        let committed = engine.read(|q| q.packs()).unwrap()[0].1;
+        assert_eq!(engine.pack_file_len(1).unwrap(), committed);
         put(&engine, "b", &[3u8; 100]);
     }
 }

@@ -66,6 +66,33 @@ pub enum StorageError {
     /// A model of that name already exists.
     #[error("a model named {0:?} already exists; choose another name or `neurstore rm` it first")]
     ModelExists(String),
+    /// The catalog is missing, empty or unreadable while pack files hold data.
+    #[error(
+        "the store at {dir} has pack files but its catalog is {detail}; nothing was changed. \
+         Run `neurstore recover` to rebuild the catalog from the packs"
+    )]
+    CatalogLost {
+        /// Store directory.
+        dir: PathBuf,
+        /// What is wrong with the catalog.
+        detail: String,
+    },
+    /// The packs hold committed writes, or packs, that the catalog does not know: the catalog
+    /// is damaged or an older copy. Writing could destroy them, so the store refuses to.
+    #[error(
+        "{detail}: the catalog may be damaged or an older copy, so nothing was written or \
+         removed. Run `neurstore recover` to rebuild the catalog from the packs"
+    )]
+    CatalogBehind {
+        /// What was found.
+        detail: String,
+    },
+    /// A format-1 store must be upgraded before it takes writes.
+    #[error(
+        "the store at {0} is in format 1, which this build reads but does not write; run \
+         `neurstore upgrade` (or `neurstore gc`) to rewrite it in format 2"
+    )]
+    NeedsUpgrade(PathBuf),
     /// A write was attempted on a store opened for reading.
     #[error("the store was opened read-only")]
     ReadOnly,

@@ -17,9 +17,13 @@ pub mod catalog;
 pub mod engine;
 pub mod error;
 pub mod fault;
+mod gc;
 pub mod index;
 pub mod lock;
 pub mod pack;
+pub mod rebuild;
+pub mod record;
+mod recovery;
 mod schema;
 
 pub use engine::{DiskUsage, Engine, EngineOptions, GcReport, RecoveryReport, WriteSession};

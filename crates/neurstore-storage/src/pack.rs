@@ -11,6 +11,10 @@ use std::sync::{Arc, Mutex};
 use neurstore_core::key::{Digest, checksum};
 
 use crate::backend::{Backend, StorageFile};
+use crate::record::{RecordHeader, TRAILER_LEN, record_checksum};
+
+/// Records up to this payload size are written with one call.
+const SMALL_RECORD: usize = 256 << 10;
 use crate::error::{Result, StorageError};
 
 /// Alignment of every blob within a pack file.
@@ -54,6 +58,22 @@ pub enum BlobBytes {
 impl std::fmt::Debug for BlobBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "BlobBytes({} bytes)", self.len())
+    }
+}
+
+impl BlobBytes {
+    /// The bytes in `range` of these bytes (no copy for mapped bytes).
+    pub fn slice(self, range: std::ops::Range<usize>) -> BlobBytes {
+        match self {
+            BlobBytes::Mapped(map, r) => {
+                BlobBytes::Mapped(map, r.start + range.start..r.start + range.end)
+            }
+            BlobBytes::Owned(mut v) => {
+                v.truncate(range.end);
+                v.drain(..range.start);
+                BlobBytes::Owned(v)
+            }
+        }
     }
 }
 
@@ -219,7 +239,58 @@ impl PackAppender {
         self.end - self.committed
     }
 
-    /// Appends one blob at the next aligned offset.
+    /// Writes a format-2 pack header at the start of a new, empty pack.
+    pub fn write_header(&mut self, header: &[u8]) -> Result<()> {
+        debug_assert_eq!(self.end, 0);
+        self.file
+            .write_at(header, 0)
+            .map_err(|e| StorageError::io(format!("writing pack {}", self.pack_id), e))?;
+        self.end = header.len() as u64;
+        Ok(())
+    }
+
+    /// Appends one record at the end (format 2): header, meta, padding to the payload's
+    /// alignment, payload, checksum. Returns the record's offset and checksum.
+    pub fn append_record(
+        &mut self,
+        header: &RecordHeader,
+        meta: &[u8],
+        payload: &[u8],
+    ) -> Result<(u64, Digest)> {
+        let offset = self.end;
+        let head = header.encode();
+        let sum = record_checksum(&head, meta, payload);
+        let payload_at = header
+            .payload_offset(offset)
+            .ok_or_else(|| StorageError::corrupt(format!("pack {}", self.pack_id), "full"))?;
+        let io = |e| StorageError::io(format!("writing pack {}", self.pack_id), e);
+        let prefix_len = (payload_at - offset) as usize;
+        if payload.len() <= SMALL_RECORD {
+            // One write for small records.
+            let mut buf = Vec::with_capacity(prefix_len + payload.len() + sum.len());
+            buf.extend_from_slice(&head);
+            buf.extend_from_slice(meta);
+            buf.resize(prefix_len, 0);
+            buf.extend_from_slice(payload);
+            buf.extend_from_slice(&sum);
+            self.file.write_at(&buf, offset).map_err(io)?;
+        } else {
+            let mut buf = Vec::with_capacity(prefix_len);
+            buf.extend_from_slice(&head);
+            buf.extend_from_slice(meta);
+            buf.resize(prefix_len, 0);
+            self.file.write_at(&buf, offset).map_err(io)?;
+            self.file.write_at(payload, payload_at).map_err(io)?;
+            self.file
+                .write_at(&sum, payload_at + payload.len() as u64)
+                .map_err(io)?;
+        }
+        self.end = payload_at + payload.len() as u64 + TRAILER_LEN;
+        Ok((offset, sum))
+    }
+
+    /// Appends one blob at the next aligned offset (format 1, kept for its tests).
+    #[cfg(test)]
     pub fn append(&mut self, bytes: &[u8]) -> Result<BlobLocation> {
         let offset = align_up(self.end);
         if bytes.is_empty() {

@@ -75,14 +75,39 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE models ADD COLUMN manifest BLOB CHECK (manifest IS NULL OR length(manifest) = 32);
     "#,
+    // v3 (store format 2): where each model's manifest record and each removal's tombstone
+    // record lie in the packs (the catalog can be rebuilt from them), the commit sequence, and
+    // packs a committed gc doomed but whose files may still exist.
+    r#"
+    ALTER TABLE models ADD COLUMN seq INTEGER;
+    ALTER TABLE models ADD COLUMN record_pack INTEGER;
+    ALTER TABLE models ADD COLUMN record_offset INTEGER;
+    ALTER TABLE models ADD COLUMN record_len INTEGER;
+    ALTER TABLE packs ADD COLUMN doomed INTEGER NOT NULL DEFAULT 0 CHECK (doomed IN (0, 1));
+    CREATE TABLE tombstones (
+        seq        INTEGER PRIMARY KEY,
+        name       TEXT NOT NULL,
+        pack_id    INTEGER NOT NULL,
+        offset     INTEGER NOT NULL CHECK (offset >= 0),
+        record_len INTEGER NOT NULL CHECK (record_len > 0)
+    ) STRICT;
+    "#,
 ];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-/// Brings the catalog to [`SCHEMA_VERSION`], refusing catalogs from newer builds.
-pub fn migrate(conn: &mut Connection) -> Result<()> {
+/// Brings the catalog to [`SCHEMA_VERSION`], refusing catalogs from newer builds. Only a new
+/// catalog (`create`) may start from nothing: an existing file without the schema is not a
+/// store's catalog (an emptied or foreign file), and it is reported, never initialized.
+pub fn migrate(conn: &mut Connection, create: bool) -> Result<()> {
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found == 0 && !create {
+        return Err(StorageError::corrupt(
+            "the catalog",
+            "it holds no NeurStore schema (empty or not a catalog)",
+        ));
+    }
     if found > SCHEMA_VERSION {
         return Err(StorageError::TooNew {
             found,
@@ -123,8 +148,8 @@ mod tests {
         .unwrap();
         // Another connection opening it afterwards finds nothing left to do.
         let mut late = Connection::open(&path).unwrap();
-        migrate(&mut old).unwrap();
-        migrate(&mut late).unwrap();
+        migrate(&mut old, false).unwrap();
+        migrate(&mut late, false).unwrap();
         let (version, manifest): (i64, Option<Vec<u8>>) = late
             .query_row(
                 "SELECT (SELECT user_version FROM pragma_user_version), manifest FROM models",

@@ -181,9 +181,11 @@ impl Store {
             out,
         )
         .map_err(|e| StorageError::corrupt(what, format!("cannot decode: {e}")))?;
-        // The stored checksum does not cover which base a blob is decoded against: check the
-        // result against its key, so a damaged base reference is never served.
-        if object.base.is_some() {
+        // In format 1 the stored checksum does not cover which base a blob is decoded against:
+        // check the result against its key, so a damaged base reference is never served. In
+        // format 2 the verified record seals the base's key, which the base's own verified
+        // record seals in turn.
+        if object.base.is_some() && !self.engine.seals_bases() {
             let key = match object.kind {
                 ObjectKind::Tensor { dtype } => tensor_key(dtype, &object.shape, out),
                 ObjectKind::File => file_key(out),

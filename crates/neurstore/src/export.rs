@@ -395,7 +395,8 @@ impl Store {
         let (base_src, mut hasher) = match (object.base, object.kind) {
             (Some(base_id), ObjectKind::Tensor { dtype }) => (
                 Some((base_id, self.stream_base(base_id, &what)?)),
-                Some(TensorKeyHasher::new(dtype, &object.shape)),
+                // Format 2 seals the base's key in the verified record: no second hash.
+                (!self.engine.seals_bases()).then(|| TensorKeyHasher::new(dtype, &object.shape)),
             ),
             _ => (None, None),
         };

@@ -262,22 +262,14 @@ impl Store {
 
     /// Store-wide figures.
     pub fn stats(&self) -> Result<Stats> {
-        let (models, (_, tensor_refs, unique_tensors), objects, packs) = self
+        let (models, (_, tensor_refs, unique_tensors), objects) = self
             .engine
-            .read(|q| Ok((q.models()?, q.counts()?, q.objects()?, q.packs()?)))?;
+            .read(|q| Ok((q.models()?, q.counts()?, q.objects()?)))?;
         let usage = self.engine.disk_usage()?;
         let raw_bytes = saturating_total(models.iter().map(|m| m.raw_bytes));
         let stored_bytes = usage.pack_bytes + usage.catalog_bytes;
         let live_object_bytes = saturating_total(objects.iter().map(|o| o.location.len));
-        let mut live_by_pack: HashMap<u64, u64> = HashMap::new();
-        for o in &objects {
-            let live = live_by_pack.entry(o.location.pack_id).or_default();
-            *live = live.saturating_add(neurstore_storage::pack::align_up(o.location.len));
-        }
-        let reclaimable_bytes = saturating_total(packs.iter().map(|(id, len)| {
-            neurstore_storage::pack::align_up(*len)
-                .saturating_sub(live_by_pack.get(id).copied().unwrap_or(0))
-        }));
+        let reclaimable_bytes = self.engine.reclaimable_bytes()?;
         let mut by_kind: BTreeMap<String, KindStats> = BTreeMap::new();
         for o in &objects {
             let kind = match o.kind {

@@ -55,6 +55,7 @@ pub use progress::{NoProgress, Progress};
 pub use put::{BaseChoice, Mode, PutOptions, PutReport, TensorInput, TensorReport};
 pub use resident::{ResidentModel, ResidentOptions, ResidentTensor, ResidentWeight, SharedBases};
 
+use neurstore_storage::catalog::Queries;
 use neurstore_storage::{Engine, EngineOptions};
 
 /// An open store.
@@ -145,9 +146,15 @@ impl Store {
     /// Removes model `name`. Objects other models use stay; the rest become garbage for `gc`.
     pub fn remove(&self, name: &str) -> Result<RemoveReport> {
         let mut freed = 0;
-        self.engine.begin_write()?.commit(|tx| {
+        let mut session = self.engine.begin_write()?;
+        if self.engine.read(|q| q.model(name))?.is_none() {
+            return Err(StorageError::ModelNotFound(name.to_string()).into());
+        }
+        // The removal is written into the packs too, so a catalog rebuilt from them agrees.
+        let (seq, at) = session.append_tombstone(name)?;
+        session.commit(|tx| {
             freed = tx.delete_model(name)?;
-            Ok(())
+            tx.insert_tombstone(seq, name, at)
         })?;
         Ok(RemoveReport {
             name: name.to_string(),

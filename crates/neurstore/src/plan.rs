@@ -95,6 +95,8 @@ impl<'a> Item<'a> {
 /// The base chosen for a delta.
 pub(crate) struct BaseRef {
     pub id: i64,
+    /// The base's decoded key, sealed in the new object's record.
+    pub decoded_key: neurstore_core::key::Digest,
 }
 
 /// How a new object will be stored.
@@ -291,7 +293,10 @@ pub(crate) fn plan_item(store: &Store, item: &Item, candidates: &[&ObjectRow]) -
         codec: chosen.codec,
         stored_len: chosen.len(item.raw) as u64,
         bytes: chosen.bytes,
-        base: base_row.map(|r| BaseRef { id: r.id }),
+        base: base_row.map(|r| BaseRef {
+            id: r.id,
+            decoded_key: r.decoded_key,
+        }),
         chain_depth: base_row.map_or(0, |r| r.chain_depth + 1),
         tolerance,
         max_error,

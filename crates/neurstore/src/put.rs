@@ -11,10 +11,13 @@ use std::path::Path;
 use std::time::Instant;
 
 use neurstore_core::dtype::DType;
-use neurstore_core::key::{Digest, checksum, file_key, tensor_key};
+use neurstore_core::key::{Digest, file_key, tensor_key};
 use neurstore_core::sketch;
 use neurstore_storage::StorageError;
 use neurstore_storage::catalog::{FileKind, ModelRow, NewObject, ObjectKind, ObjectRow, Queries};
+use neurstore_storage::engine::WriteSession;
+use neurstore_storage::pack::BlobLocation;
+use neurstore_storage::record::ModelRecord;
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -383,31 +386,7 @@ impl Store {
             for (&i, mut plan) in batch.iter().zip(planned) {
                 let item = &items[i];
                 let new_object = match session.as_mut() {
-                    Some(session) => {
-                        let stored = plan.stored_bytes(item.raw);
-                        let location = session.append(stored)?;
-                        Some(NewObject {
-                            key: item.store_key,
-                            kind: match item.dtype {
-                                Some(dtype) => ObjectKind::Tensor { dtype },
-                                None => ObjectKind::File,
-                            },
-                            shape: item.shape.clone(),
-                            raw_len: item.raw.len() as u64,
-                            codec: plan.codec,
-                            location,
-                            checksum: checksum(stored),
-                            base: plan.base.as_ref().map(|b| b.id),
-                            chain_depth: plan.chain_depth,
-                            tolerance: plan.tolerance,
-                            max_error: plan.max_error,
-                            decoded_key: plan.decoded_key,
-                            sketch: plan
-                                .sketch
-                                .clone()
-                                .filter(|_| plan.chain_depth < options.max_chain_depth),
-                        })
-                    }
+                    Some(session) => Some(append_planned(session, item, &plan, options)?),
                     None => None,
                 };
                 // Written: keep only the length (bounds memory to one batch).
@@ -453,6 +432,15 @@ impl Store {
             base_model,
             mode: options.mode.label(),
         };
+        let mut session = session;
+        let record = model_record(
+            &model,
+            source,
+            &items,
+            |item| stored_as(item).unwrap_or(item.store_key),
+            session.seq()?,
+        );
+        let record_at = session.append_model(&record)?;
         session.commit(|tx| {
             let mut ids: HashMap<Digest, i64> =
                 existing.iter().map(|(k, row)| (*k, row.id)).collect();
@@ -488,7 +476,8 @@ impl Store {
                     )?;
                 }
             }
-            tx.seal_model(model_id)
+            tx.seal_model(model_id)?;
+            tx.set_model_record(model_id, record.seq, record_at)
         })?;
         Ok(report)
     }
@@ -610,6 +599,96 @@ impl Store {
             search_seconds: 0.0,
             tensor_reports,
         })
+    }
+}
+
+/// Appends a planned item's blob as an object record and returns its catalog row to insert.
+fn append_planned(
+    session: &mut WriteSession<'_>,
+    item: &Item,
+    plan: &Plan,
+    options: &PutOptions,
+) -> Result<NewObject> {
+    let stored = plan.stored_bytes(item.raw);
+    let mut object = NewObject {
+        key: item.store_key,
+        kind: match item.dtype {
+            Some(dtype) => ObjectKind::Tensor { dtype },
+            None => ObjectKind::File,
+        },
+        shape: item.shape.clone(),
+        raw_len: item.raw.len() as u64,
+        codec: plan.codec,
+        location: BlobLocation {
+            pack_id: 0,
+            offset: 0,
+            len: 0,
+        },
+        checksum: [0; 32],
+        base: plan.base.as_ref().map(|b| b.id),
+        chain_depth: plan.chain_depth,
+        tolerance: plan.tolerance,
+        max_error: plan.max_error,
+        decoded_key: plan.decoded_key,
+        base_key: plan.base.as_ref().map(|b| b.decoded_key),
+        sketch: plan
+            .sketch
+            .clone()
+            .filter(|_| plan.chain_depth < options.max_chain_depth),
+    };
+    let (location, checksum) = session.append_object(&object.meta(), stored)?;
+    object.location = location;
+    object.checksum = checksum;
+    Ok(object)
+}
+
+/// The manifest record of a model about to be committed: every row the catalog will hold.
+fn model_record(
+    model: &ModelRow,
+    source: &SourceModel,
+    items: &[Item],
+    key_of: impl Fn(&Item) -> Digest,
+    seq: u64,
+) -> ModelRecord {
+    let mut files = Vec::new();
+    let mut tensors = Vec::new();
+    let mut next = items.iter();
+    for file in &source.files {
+        let kind = if file.header.is_some() {
+            FileKind::Safetensors
+        } else {
+            FileKind::Plain
+        };
+        let head = next.next().expect("one item per file");
+        files.push((file.rel_path.clone(), kind.tag(), key_of(head)));
+        for (position, t) in file
+            .header
+            .iter()
+            .flat_map(|h| h.tensors.iter())
+            .enumerate()
+        {
+            let item = next.next().expect("one item per tensor");
+            tensors.push((
+                file.rel_path.clone(),
+                position as u64,
+                t.name.clone(),
+                key_of(item),
+            ));
+        }
+    }
+    // The catalog lists files by path; the record follows the same order.
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    ModelRecord {
+        seq,
+        name: model.name.clone(),
+        created_unix: model.created_unix,
+        source_format: model.source_format.clone(),
+        metadata: model.metadata.clone(),
+        raw_bytes: model.raw_bytes,
+        base_model: model.base_model.clone(),
+        mode: model.mode.clone(),
+        files,
+        tensors,
     }
 }
 

@@ -1,0 +1,317 @@
+//! Garbage collection and the upgrade from format 1. Both rewrite records into fresh packs,
+//! publish the new locations in one catalog transaction that also dooms the old packs, then
+//! remove the old files (recovery finishes that after a crash).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::catalog::{ModelRow, ObjectKind, ObjectRow, Queries};
+use crate::engine::{Engine, GcReport, hex, new_store_id};
+use crate::error::{Result, StorageError};
+use crate::pack::BlobLocation;
+use crate::record::{
+    ModelRecord, PACK_HEADER_LEN, RecordHeader, TRAILER_LEN, object_alignment, record_checksum,
+};
+
+/// A record the catalog still names.
+enum Live<'a> {
+    Object(&'a ObjectRow),
+    Model(i64, BlobLocation),
+    Tombstone(u64),
+}
+
+/// Where an object's record starts and how long it is (padding included).
+pub(crate) fn object_extent(o: &ObjectRow) -> Option<(u64, u64)> {
+    let meta_len = o.meta().encode().len() as u16;
+    let header = RecordHeader {
+        kind: crate::record::RecordType::Object,
+        align_log2: object_alignment(
+            o.codec,
+            matches!(o.kind, ObjectKind::Tensor { .. }),
+            o.location.len,
+        ),
+        meta_len,
+        payload_len: o.location.len,
+    };
+    let end = header.end(o.location.offset)?;
+    Some((o.location.offset, end - o.location.offset))
+}
+
+impl Engine {
+    /// Rewrites pack files holding dead records (of deleted models) so their space returns to
+    /// the file system. Readers that still hold a removed pack open keep reading it safely. On
+    /// a format-1 store, gc is the upgrade.
+    pub fn gc(&self, mut progress: impl FnMut(u64, u64)) -> Result<GcReport> {
+        if self.format_version() == 1 {
+            return self.upgrade(progress);
+        }
+        let recovery = self.recover()?;
+        let before = self.disk_usage()?.pack_bytes;
+        let (packs, objects, models, tombstones) = self.read(|q| {
+            Ok((
+                q.packs()?,
+                q.objects()?,
+                q.model_records()?,
+                q.tombstones()?,
+            ))
+        })?;
+        let mut live: BTreeMap<u64, Vec<(u64, u64, Live)>> = BTreeMap::new();
+        for o in &objects {
+            let (at, len) = object_extent(o)
+                .ok_or_else(|| StorageError::corrupt(format!("object {}", o.id), "overflow"))?;
+            live.entry(o.location.pack_id)
+                .or_default()
+                .push((at, len, Live::Object(o)));
+        }
+        for (id, name, loc) in &models {
+            let loc = loc.ok_or_else(|| {
+                StorageError::corrupt(format!("model {name:?}"), "no manifest record")
+            })?;
+            live.entry(loc.pack_id)
+                .or_default()
+                .push((loc.offset, loc.len, Live::Model(*id, loc)));
+        }
+        for (seq, _, loc) in &tombstones {
+            live.entry(loc.pack_id)
+                .or_default()
+                .push((loc.offset, loc.len, Live::Tombstone(*seq)));
+        }
+        let mut doomed = BTreeSet::new();
+        let mut total = 0;
+        for (id, committed) in &packs {
+            let records = live.get(id).map(Vec::as_slice).unwrap_or(&[]);
+            let extent: u64 = records.iter().map(|r| r.1).sum();
+            if *committed > PACK_HEADER_LEN + extent || records.is_empty() {
+                doomed.insert(*id);
+                total += extent;
+            }
+        }
+        let mut report = GcReport {
+            recovery,
+            pack_bytes_before: before,
+            ..GcReport::default()
+        };
+        if doomed.is_empty() {
+            report.pack_bytes_after = before;
+            return Ok(report);
+        }
+        let mut session = self.begin_write_fresh()?;
+        let mut moved = Vec::new();
+        for id in &doomed {
+            for (at, len, what) in live.get(id).into_iter().flatten() {
+                let to = self.copy_record(&mut session, *id, *at, *len)?;
+                moved.push((what, to));
+                report.bytes_moved += len;
+                progress(report.bytes_moved, total);
+            }
+        }
+        session.commit(|tx| {
+            for (what, to) in &moved {
+                match what {
+                    Live::Object(o) => tx.relocate_object(o.id, *to)?,
+                    Live::Model(id, old) => {
+                        let seq = self.read_model_seq(*old)?;
+                        tx.set_model_record(*id, seq, *to)?
+                    }
+                    Live::Tombstone(seq) => tx.relocate_tombstone(*seq, *to)?,
+                }
+            }
+            for id in &doomed {
+                tx.doom_pack(*id)?;
+            }
+            Ok(())
+        })?;
+        report.packs_rewritten = doomed.iter().filter(|id| live.contains_key(id)).count() as u64;
+        report.packs_removed = doomed.len() as u64;
+        // The catalog no longer names these packs; a crash here leaves doomed rows recovery
+        // finishes.
+        self.remove_doomed(&doomed.into_iter().collect::<Vec<_>>())?;
+        report.pack_bytes_after = self.disk_usage()?.pack_bytes;
+        Ok(report)
+    }
+
+    /// Bytes of committed pack space that no live record uses (what gc would return).
+    pub fn reclaimable_bytes(&self) -> Result<u64> {
+        let (packs, objects, models, tombstones) = self.read(|q| {
+            Ok((
+                q.packs()?,
+                q.objects()?,
+                q.model_records()?,
+                q.tombstones()?,
+            ))
+        })?;
+        let v1 = self.format_version() == 1;
+        let mut live: BTreeMap<u64, u64> = BTreeMap::new();
+        for o in &objects {
+            let len = if v1 {
+                crate::pack::align_up(o.location.len)
+            } else {
+                object_extent(o).map_or(0, |e| e.1)
+            };
+            *live.entry(o.location.pack_id).or_default() += len;
+        }
+        for loc in models
+            .iter()
+            .filter_map(|m| m.2)
+            .chain(tombstones.iter().map(|t| t.2))
+        {
+            *live.entry(loc.pack_id).or_default() += loc.len;
+        }
+        Ok(packs
+            .iter()
+            .map(|(id, len)| {
+                let used = live.get(id).copied().unwrap_or(0);
+                let len = if v1 {
+                    crate::pack::align_up(*len)
+                } else {
+                    len.saturating_sub(PACK_HEADER_LEN)
+                };
+                len.saturating_sub(used)
+            })
+            .sum())
+    }
+
+    /// Reads a record at `at` (`len` bytes with padding), verifies it, and appends a copy.
+    fn copy_record(
+        &self,
+        session: &mut crate::engine::WriteSession<'_>,
+        pack_id: u64,
+        at: u64,
+        len: u64,
+    ) -> Result<BlobLocation> {
+        let what = format!("the record at pack {pack_id} offset {at}");
+        let bytes = self.reader.read(
+            BlobLocation {
+                pack_id,
+                offset: at,
+                len,
+            },
+            &what,
+        )?;
+        let header = RecordHeader::decode(&bytes)
+            .filter(|h| h.end(at) == Some(at + len))
+            .ok_or_else(|| StorageError::corrupt(&what, "not a record of that length"))?;
+        let h = crate::record::RECORD_HEADER_LEN as usize;
+        let meta = &bytes[h..h + header.meta_len as usize];
+        let start = (header.payload_offset(at).expect("end exists") - at) as usize;
+        let stop = start + header.payload_len as usize;
+        let payload = &bytes[start..stop];
+        if record_checksum(&bytes[..h], meta, payload)[..] != bytes[stop..] {
+            return Err(StorageError::corrupt(&what, "checksum mismatch"));
+        }
+        let mut to = session.copy_record(&header, meta, payload)?;
+        if header.kind == crate::record::RecordType::Object {
+            to.len = header.payload_len;
+        }
+        debug_assert!(len >= TRAILER_LEN);
+        Ok(to)
+    }
+
+    /// The sequence number in the model record at `at`.
+    fn read_model_seq(&self, at: BlobLocation) -> Result<u64> {
+        let bytes = self.reader.read(at, "a model record")?;
+        let h = crate::record::RECORD_HEADER_LEN as usize;
+        bytes
+            .get(h..h + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .ok_or_else(|| StorageError::corrupt("a model record", "too short"))
+    }
+
+    /// Rewrites a format-1 store in format 2: every object into a record of a fresh pack, a
+    /// manifest record for every model, then one transaction that relocates them all, dooms the
+    /// old packs and switches the format. Crash safe like any write: before the commit the
+    /// store is the format-1 store it was.
+    pub fn upgrade(&self, mut progress: impl FnMut(u64, u64)) -> Result<GcReport> {
+        if self.format_version() != 1 {
+            drop(self.writer()?);
+            let before = self.disk_usage()?.pack_bytes;
+            return Ok(GcReport {
+                pack_bytes_before: before,
+                pack_bytes_after: before,
+                ..GcReport::default()
+            });
+        }
+        let recovery = self.recover()?;
+        let before = self.disk_usage()?.pack_bytes;
+        let store_id = new_store_id(&self.root);
+        *self.store_id.lock().unwrap_or_else(|e| e.into_inner()) = store_id;
+        let (packs, mut objects, models) =
+            self.read(|q| Ok((q.packs()?, q.objects()?, q.models()?)))?;
+        // Bases before the objects decoded against them (any order would do; this one reads
+        // like the chains).
+        objects.sort_by_key(|o| (o.chain_depth, o.id));
+        let total: u64 = objects.iter().map(|o| o.location.len).sum();
+        let mut report = GcReport {
+            recovery,
+            pack_bytes_before: before,
+            ..GcReport::default()
+        };
+        let mut session = self.begin_write_fresh()?;
+        let mut moved = Vec::with_capacity(objects.len());
+        for o in &objects {
+            let what = format!("object {}", o.id);
+            let bytes = self.reader.read_verified(o.location, &o.checksum, &what)?;
+            let (to, sum) = session.append_object(&o.meta(), &bytes)?;
+            moved.push((o.id, to, sum));
+            report.bytes_moved += o.location.len;
+            progress(report.bytes_moved, total);
+        }
+        let mut records = Vec::with_capacity(models.len());
+        for (i, m) in models.iter().enumerate() {
+            let record = self.model_record(m, i as u64 + 1)?;
+            records.push((m.id, record.seq, session.append_model(&record)?));
+        }
+        let next_seq = models.len() as u64 + 1;
+        session.commit(|tx| {
+            for (id, to, sum) in &moved {
+                tx.relocate_object(*id, *to)?;
+                tx.set_object_checksum(*id, sum)?;
+            }
+            for (id, seq, at) in &records {
+                tx.set_model_record(*id, *seq, *at)?;
+                tx.seal_model(*id)?;
+            }
+            for (id, _) in &packs {
+                tx.doom_pack(*id)?;
+            }
+            tx.set_meta("store_id", &hex(&store_id))?;
+            tx.set_meta("next_seq", &next_seq.to_string())?;
+            tx.set_meta("format_version", "2")
+        })?;
+        self.format.store(2, std::sync::atomic::Ordering::Release);
+        report.packs_rewritten = packs.len() as u64;
+        report.packs_removed = packs.len() as u64;
+        self.remove_doomed(&packs.iter().map(|p| p.0).collect::<Vec<_>>())?;
+        report.pack_bytes_after = self.disk_usage()?.pack_bytes;
+        Ok(report)
+    }
+
+    /// A model's manifest record, from its catalog rows.
+    pub(crate) fn model_record(&self, m: &ModelRow, seq: u64) -> Result<ModelRecord> {
+        let (files, tensors) = self.read(|q| Ok((q.model_files(m.id)?, q.model_tensors(m.id)?)))?;
+        Ok(ModelRecord {
+            seq,
+            name: m.name.clone(),
+            created_unix: m.created_unix,
+            source_format: m.source_format.clone(),
+            metadata: m.metadata.clone(),
+            raw_bytes: m.raw_bytes,
+            base_model: m.base_model.clone(),
+            mode: m.mode.clone(),
+            files: files
+                .iter()
+                .map(|f| (f.path.clone(), f.kind.tag(), f.object.key))
+                .collect(),
+            tensors: tensors
+                .iter()
+                .map(|t| {
+                    (
+                        t.path.clone(),
+                        t.position as u64,
+                        t.name.clone(),
+                        t.object.key,
+                    )
+                })
+                .collect(),
+        })
+    }
+}

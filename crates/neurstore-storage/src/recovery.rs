@@ -1,0 +1,184 @@
+//! Recovery when a writer opens the store: uncommitted tails are cut off, packs a committed gc
+//! doomed are removed. Nothing the catalog does not account for is ever deleted: a pack file
+//! the catalog does not name, or a tail holding a committed write the catalog does not know,
+//! means the catalog is damaged or older than the packs, and the writer refuses to start.
+
+use std::collections::HashMap;
+
+use crate::catalog::Queries;
+use crate::engine::{Engine, RecoveryReport};
+use crate::error::{Result, StorageError};
+use crate::pack::{pack_file_name, pack_id_from_name};
+use crate::record::{RecordHeader, RecordType, record_checksum};
+
+impl Engine {
+    /// Runs recovery. Only a writer may run it: it holds the lock, so no write is in progress.
+    pub fn recover(&self) -> Result<RecoveryReport> {
+        let _state = self.writer()?;
+        if self.format_version() == 1 {
+            return self.recover_format_1();
+        }
+        let (packs, doomed, next_seq) =
+            self.read(|q| Ok((q.packs()?, q.doomed_packs()?, q.next_seq()?)))?;
+        let packs: HashMap<u64, u64> = packs.into_iter().collect();
+        let mut report = RecoveryReport::default();
+        let io = |what: String| move |e| StorageError::io(what, e);
+        let names = self.backend.list().map_err(io("listing packs".into()))?;
+        let unknown: Vec<&String> = names
+            .iter()
+            .filter(|n| {
+                pack_id_from_name(n)
+                    .is_some_and(|id| !packs.contains_key(&id) && !doomed.contains(&id))
+            })
+            .collect();
+        if !unknown.is_empty() {
+            return Err(StorageError::CatalogBehind {
+                detail: format!(
+                    "pack file{} {} {} not named by the catalog",
+                    if unknown.len() > 1 { "s" } else { "" },
+                    unknown
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if unknown.len() > 1 { "are" } else { "is" },
+                ),
+            });
+        }
+        // Check every tail before cutting any.
+        let mut cuts = Vec::new();
+        for name in &names {
+            let Some(id) = pack_id_from_name(name) else {
+                continue;
+            };
+            let Some(&committed) = packs.get(&id) else {
+                continue;
+            };
+            let file = self.backend.open(name, true).map_err(io(name.clone()))?;
+            let len = file.len().map_err(io(name.clone()))?;
+            if len > committed {
+                self.check_tail(id, committed, len, next_seq)?;
+                cuts.push((file, committed, len));
+            } else if len < committed {
+                report.short_packs += 1;
+            }
+        }
+        for (file, committed, len) in cuts {
+            file.set_len(committed)
+                .map_err(io("cutting a pack tail".into()))?;
+            file.sync().map_err(io("syncing a pack".into()))?;
+            report.truncated_bytes += len - committed;
+        }
+        if !doomed.is_empty() {
+            report.doomed_packs_removed = self.remove_doomed(&doomed)?;
+        }
+        Ok(report)
+    }
+
+    /// Errs when a pack tail holds a complete model or tombstone record of a write other than
+    /// the one that may have been in flight (sequence `next_seq`): that write committed, and the
+    /// catalog does not know it.
+    fn check_tail(&self, pack_id: u64, committed: u64, len: u64, next_seq: u64) -> Result<()> {
+        let file = self
+            .backend
+            .open(&pack_file_name(pack_id), false)
+            .map_err(|e| StorageError::io(format!("pack {pack_id}"), e))?;
+        let mut at = committed.max(crate::record::PACK_HEADER_LEN);
+        let mut head = [0u8; crate::record::RECORD_HEADER_LEN as usize];
+        while at + head.len() as u64 <= len {
+            if file.read_at(&mut head, at).is_err() {
+                break;
+            }
+            let Some(header) = RecordHeader::decode(&head) else {
+                break;
+            };
+            let Some(end) = header.end(at).filter(|&e| e <= len) else {
+                break;
+            };
+            if header.kind != RecordType::Object && header.payload_len <= 1 << 30 {
+                let mut rec = vec![0u8; (end - at) as usize];
+                if file.read_at(&mut rec, at).is_err() {
+                    break;
+                }
+                let split = rec.len() - 32;
+                let payload = &rec[head.len()..split];
+                let intact = record_checksum(&head, &[], payload)[..] == rec[split..];
+                let seq = payload
+                    .get(..8)
+                    .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+                if intact && seq != Some(next_seq) {
+                    return Err(StorageError::CatalogBehind {
+                        detail: format!(
+                            "pack {pack_id} holds a committed write (sequence {}) past the {committed} \
+                             bytes the catalog covers",
+                            seq.unwrap_or(0)
+                        ),
+                    });
+                }
+            }
+            at = end;
+        }
+        Ok(())
+    }
+
+    /// Removes the files of doomed packs, then their rows.
+    pub(crate) fn remove_doomed(&self, doomed: &[u64]) -> Result<u64> {
+        for id in doomed {
+            self.reader.forget(*id);
+            self.backend
+                .remove(&pack_file_name(*id))
+                .or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .map_err(|e| StorageError::io(format!("removing pack {id}"), e))?;
+        }
+        self.backend
+            .sync_dir()
+            .map_err(|e| StorageError::io("syncing the pack directory", e))?;
+        let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = catalog.write()?;
+        tx.forget_doomed_packs()?;
+        tx.commit()?;
+        Ok(doomed.len() as u64)
+    }
+
+    /// Format 1 recovery: cut tails; remove pack files whose id the catalog does not know (in
+    /// format 1 a new pack is named only by the commit that first fills it).
+    fn recover_format_1(&self) -> Result<RecoveryReport> {
+        let packs: HashMap<u64, u64> = self.read(|q| q.packs())?.into_iter().collect();
+        let mut report = RecoveryReport::default();
+        let io = |what: String| move |e| StorageError::io(what, e);
+        for name in self.backend.list().map_err(io("listing packs".into()))? {
+            let Some(id) = pack_id_from_name(&name) else {
+                continue;
+            };
+            let file = self.backend.open(&name, true).map_err(io(name.clone()))?;
+            let len = file.len().map_err(io(name.clone()))?;
+            match packs.get(&id) {
+                None => {
+                    drop(file);
+                    self.backend.remove(&name).map_err(io(name.clone()))?;
+                    self.reader.forget(id);
+                    report.orphan_packs_removed += 1;
+                    report.orphan_bytes += len;
+                }
+                Some(&committed) if len > committed => {
+                    file.set_len(committed).map_err(io(name.clone()))?;
+                    file.sync().map_err(io(name.clone()))?;
+                    report.truncated_bytes += len - committed;
+                }
+                Some(_) => {}
+            }
+        }
+        if report.orphan_packs_removed > 0 {
+            self.backend
+                .sync_dir()
+                .map_err(io("syncing the pack directory".into()))?;
+        }
+        Ok(report)
+    }
+}
