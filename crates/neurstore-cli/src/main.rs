@@ -83,8 +83,13 @@ enum Command {
         /// Model name.
         name: String,
     },
-    /// Return the space of removed models and interrupted writes.
+    /// Return the space of removed models and interrupted writes (a format-1 store is
+    /// upgraded to format 2 on the way).
     Gc,
+    /// Rewrite a format-1 store in format 2.
+    Upgrade,
+    /// Rebuild a lost or damaged catalog from the packs alone (the old one is kept, renamed).
+    Recover,
     /// Read, checksum and decode everything; exit non-zero if anything is wrong.
     Verify,
     /// Show store-wide sizes and counts.
@@ -190,6 +195,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             report.recovery.orphan_packs_removed += opened.orphan_packs_removed;
             report.recovery.orphan_bytes += opened.orphan_bytes;
             out.gc(&report);
+        }
+        Command::Upgrade => {
+            let store = Store::open_writer(&root)?;
+            let was = store.format_version();
+            let report = store.upgrade(&bar)?;
+            if was == 2 {
+                eprintln!("the store is already in format 2; nothing to do");
+            }
+            out.gc(&report);
+        }
+        Command::Recover => {
+            let r = Store::recover(&root)?;
+            out.recover(&r);
+            if !r.lost_models.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Verify => {
             let report = Store::open(&root)?.verify(&bar)?;

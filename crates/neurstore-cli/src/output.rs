@@ -219,6 +219,32 @@ impl Printer {
         });
     }
 
+    pub fn recover(&self, r: &neurstore::RebuildReport) {
+        let value = serde_json::json!({
+            "packs": r.packs,
+            "records": r.records,
+            "skipped_bytes": r.skipped_bytes,
+            "models": r.models,
+            "objects": r.objects,
+            "lost_models": r.lost_models.iter().map(|(n, why)| serde_json::json!({"name": n, "why": why})).collect::<Vec<_>>(),
+            "old_catalog": r.old_catalog,
+        });
+        self.emit(&value, || {
+            for (name, why) in &r.lost_models {
+                say!("could not rebuild model {name:?}: {why}");
+            }
+            say!(
+                "rebuilt the catalog from {} packs: {} models, {} objects ({} intact records, {} damaged bytes skipped){}; run `neurstore verify` next",
+                r.packs,
+                r.models,
+                r.objects,
+                r.records,
+                bytes(r.skipped_bytes),
+                r.old_catalog.as_ref().map(|p| format!("; the old catalog is kept as {p}")).unwrap_or_default(),
+            )
+        });
+    }
+
     pub fn verify(&self, r: &VerifyReport) {
         self.emit(r, || {
             for p in &r.problems {

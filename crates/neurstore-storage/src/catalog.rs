@@ -700,6 +700,13 @@ impl WriteTxn<'_> {
         Ok(())
     }
 
+    /// Drops a tombstone a newer model of the same name supersedes (garbage collection).
+    pub fn delete_tombstone(&self, seq: u64) -> Result<()> {
+        self.tx
+            .execute("DELETE FROM tombstones WHERE seq = ?1", [seq as i64])?;
+        Ok(())
+    }
+
     /// Moves a tombstone record (garbage collection).
     pub fn relocate_tombstone(&self, seq: u64, at: BlobLocation) -> Result<()> {
         self.tx.execute(

@@ -23,8 +23,8 @@ use crate::pack::{
     BlobBytes, BlobLocation, PackAppender, PackReader, pack_file_name, pack_id_from_name,
 };
 use crate::record::{
-    ModelRecord, ObjectMeta, PACK_HEADER_LEN, RecordHeader, RecordType, encode_pack_header,
-    encode_tombstone, object_alignment, record_checksum,
+    ModelRecord, ObjectMeta, PACK_HEADER_LEN, RECORD_HEADER_LEN, RecordHeader, RecordType,
+    encode_pack_header, encode_tombstone, object_alignment, record_checksum,
 };
 
 /// Default size at which a pack file is closed and a new one started.
@@ -324,19 +324,30 @@ impl Engine {
         )?;
         let head = header.encode();
         let h = head.len();
-        if bytes[..h] != head {
-            let detail = match RecordHeader::decode(&bytes[..h]) {
-                None => format!("no record starts at {}", place()),
-                Some(_) => format!("the record at {} is not this object's", place()),
+        let found = RecordHeader::decode(&bytes[..h]);
+        if bytes[..h] != head || bytes[h..h + meta.len()] != meta[..] {
+            let Some(found) = found.filter(|f| f.kind == RecordType::Object) else {
+                return Err(StorageError::corrupt(
+                    what,
+                    format!("no object record starts at {}", place()),
+                ));
             };
-            return Err(StorageError::corrupt(what, detail));
-        }
-        if bytes[h..h + meta.len()] != meta[..] {
+            let stored = self.reader.read(
+                BlobLocation {
+                    pack_id: object.location.pack_id,
+                    offset: at + RECORD_HEADER_LEN,
+                    len: found.meta_len as u64,
+                },
+                what,
+            )?;
+            let differs = match ObjectMeta::decode(&stored) {
+                Ok(found) => found.differences(&object.meta()).join(", "),
+                Err(e) => format!("an unreadable meta ({e})"),
+            };
             return Err(StorageError::corrupt(
                 what,
                 format!(
-                    "the record at {} holds another object, or a delta against another base, \
-                     than the catalog row says",
+                    "the record at {} is not the object the catalog row describes ({differs})",
                     place()
                 ),
             ));

@@ -70,7 +70,32 @@ impl Engine {
                 .or_default()
                 .push((loc.offset, loc.len, Live::Model(*id, loc)));
         }
-        for (seq, _, loc) in &tombstones {
+        // A tombstone is needed while an older record of its name may still lie in a pack;
+        // once a newer model of the same name lives, that model's record supersedes them all.
+        let live_seq: BTreeMap<&str, u64> = self
+            .read(|q| {
+                let mut stmt = q
+                    .conn()
+                    .prepare("SELECT name, seq FROM models WHERE seq IS NOT NULL")?;
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(rows)
+            })?
+            .into_iter()
+            .filter_map(|(n, s)| {
+                models
+                    .iter()
+                    .find(|m| m.1 == n)
+                    .map(|m| (m.1.as_str(), s as u64))
+            })
+            .collect();
+        let mut superseded = Vec::new();
+        for (seq, name, loc) in &tombstones {
+            if live_seq.get(name.as_str()).is_some_and(|s| s > seq) {
+                superseded.push(*seq);
+                continue;
+            }
             live.entry(loc.pack_id)
                 .or_default()
                 .push((loc.offset, loc.len, Live::Tombstone(*seq)));
@@ -115,6 +140,9 @@ impl Engine {
                     Live::Tombstone(seq) => tx.relocate_tombstone(*seq, *to)?,
                 }
             }
+            for seq in &superseded {
+                tx.delete_tombstone(*seq)?;
+            }
             for id in &doomed {
                 tx.doom_pack(*id)?;
             }
@@ -129,8 +157,10 @@ impl Engine {
         Ok(report)
     }
 
-    /// Bytes of committed pack space that no live record uses (what gc would return).
-    pub fn reclaimable_bytes(&self) -> Result<u64> {
+    /// The byte spans of every pack that live data covers: pack headers, and the records (or,
+    /// in format 1, the aligned blobs) the catalog names, padding included. Everything else in
+    /// a pack is dead: what gc returns.
+    pub fn live_spans(&self) -> Result<BTreeMap<u64, Vec<(u64, u64)>>> {
         let (packs, objects, models, tombstones) = self.read(|q| {
             Ok((
                 q.packs()?,
@@ -140,31 +170,56 @@ impl Engine {
             ))
         })?;
         let v1 = self.format_version() == 1;
-        let mut live: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut spans: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+        if !v1 {
+            for (id, _) in &packs {
+                spans.entry(*id).or_default().push((0, PACK_HEADER_LEN));
+            }
+        }
         for o in &objects {
-            let len = if v1 {
-                crate::pack::align_up(o.location.len)
+            let (at, len) = if v1 {
+                (o.location.offset, crate::pack::align_up(o.location.len))
             } else {
-                object_extent(o).map_or(0, |e| e.1)
+                object_extent(o)
+                    .ok_or_else(|| StorageError::corrupt(format!("object {}", o.id), "overflow"))?
             };
-            *live.entry(o.location.pack_id).or_default() += len;
+            spans
+                .entry(o.location.pack_id)
+                .or_default()
+                .push((at, at + len));
         }
         for loc in models
             .iter()
             .filter_map(|m| m.2)
             .chain(tombstones.iter().map(|t| t.2))
         {
-            *live.entry(loc.pack_id).or_default() += loc.len;
+            spans
+                .entry(loc.pack_id)
+                .or_default()
+                .push((loc.offset, loc.offset + loc.len));
         }
+        for list in spans.values_mut() {
+            list.sort();
+        }
+        Ok(spans)
+    }
+
+    /// Bytes of committed pack space that no live record uses (what gc would return).
+    pub fn reclaimable_bytes(&self) -> Result<u64> {
+        let packs = self.read(|q| q.packs())?;
+        let spans = self.live_spans()?;
+        let v1 = self.format_version() == 1;
         Ok(packs
             .iter()
             .map(|(id, len)| {
-                let used = live.get(id).copied().unwrap_or(0);
                 let len = if v1 {
                     crate::pack::align_up(*len)
                 } else {
-                    len.saturating_sub(PACK_HEADER_LEN)
+                    *len
                 };
+                let used: u64 = spans.get(id).map_or(0, |l| {
+                    l.iter().map(|(a, b)| b.min(&len).saturating_sub(*a)).sum()
+                });
                 len.saturating_sub(used)
             })
             .sum())
@@ -204,6 +259,50 @@ impl Engine {
         }
         debug_assert!(len >= TRAILER_LEN);
         Ok(to)
+    }
+
+    /// Checks model `m`'s manifest record (format 2): intact, and saying what the catalog's rows
+    /// say, so that a catalog rebuilt from the packs would rebuild this model as it is.
+    pub fn check_model_record(&self, m: &ModelRow) -> Result<()> {
+        if self.format_version() == 1 {
+            return Ok(());
+        }
+        let what = format!("the manifest record of model {:?}", m.name);
+        let records = self.read(|q| q.model_records())?;
+        let at = records
+            .iter()
+            .find(|r| r.0 == m.id)
+            .and_then(|r| r.2)
+            .ok_or_else(|| StorageError::corrupt(&what, "the catalog names none"))?;
+        let bytes = self.reader.read(at, &what)?;
+        let header = RecordHeader::decode(&bytes)
+            .filter(|h| {
+                h.kind == crate::record::RecordType::Model
+                    && h.end(at.offset) == Some(at.offset + at.len)
+            })
+            .ok_or_else(|| {
+                StorageError::corrupt(
+                    &what,
+                    format!(
+                        "no model record at pack {} offset {}",
+                        at.pack_id, at.offset
+                    ),
+                )
+            })?;
+        let h = crate::record::RECORD_HEADER_LEN as usize;
+        let stop = h + header.payload_len as usize;
+        if record_checksum(&bytes[..h], &[], &bytes[h..stop])[..] != bytes[stop..] {
+            return Err(StorageError::corrupt(&what, "checksum mismatch"));
+        }
+        let found =
+            ModelRecord::decode(&bytes[h..stop]).map_err(|e| StorageError::corrupt(&what, e))?;
+        if found != self.model_record(m, found.seq)? {
+            return Err(StorageError::corrupt(
+                &what,
+                "it disagrees with the catalog's rows",
+            ));
+        }
+        Ok(())
     }
 
     /// The sequence number in the model record at `at`.

@@ -216,6 +216,32 @@ impl ObjectMeta {
         out
     }
 
+    /// The fields in which `self` (as found) and `expected` differ, named.
+    pub fn differences(&self, expected: &ObjectMeta) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut check = |same: bool, name| {
+            if !same {
+                out.push(name);
+            }
+        };
+        check(self.key == expected.key, "content key");
+        check(self.decoded_key == expected.decoded_key, "decoded key");
+        check(self.base_key == expected.base_key, "base key");
+        check(
+            self.dtype == expected.dtype && self.shape == expected.shape,
+            "dtype or shape",
+        );
+        check(self.raw_len == expected.raw_len, "raw length");
+        check(self.codec == expected.codec, "codec");
+        check(self.chain_depth == expected.chain_depth, "chain depth");
+        check(
+            self.tolerance.map(f64::to_bits) == expected.tolerance.map(f64::to_bits)
+                && self.max_error.to_bits() == expected.max_error.to_bits(),
+            "error bound",
+        );
+        out
+    }
+
     /// Parses and validates a meta. Every field is checked; trailing bytes are an error.
     pub fn decode(bytes: &[u8]) -> Result<ObjectMeta, String> {
         let mut r = Reader(bytes);

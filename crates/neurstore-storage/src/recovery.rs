@@ -3,7 +3,7 @@
 //! the catalog does not name, or a tail holding a committed write the catalog does not know,
 //! means the catalog is damaged or older than the packs, and the writer refuses to start.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::catalog::Queries;
 use crate::engine::{Engine, RecoveryReport};
@@ -18,8 +18,17 @@ impl Engine {
         if self.format_version() == 1 {
             return self.recover_format_1();
         }
-        let (packs, doomed, next_seq) =
-            self.read(|q| Ok((q.packs()?, q.doomed_packs()?, q.next_seq()?)))?;
+        let (packs, doomed, next_seq, known) = self.read(|q| {
+            let known: HashSet<u64> = q
+                .conn()
+                .prepare(
+                    "SELECT seq FROM models WHERE seq IS NOT NULL UNION SELECT seq FROM tombstones",
+                )?
+                .query_map([], |r| r.get::<_, i64>(0))?
+                .map(|r| r.map(|s| s as u64))
+                .collect::<rusqlite::Result<_>>()?;
+            Ok((q.packs()?, q.doomed_packs()?, q.next_seq()?, known))
+        })?;
         let packs: HashMap<u64, u64> = packs.into_iter().collect();
         let mut report = RecoveryReport::default();
         let io = |what: String| move |e| StorageError::io(what, e);
@@ -57,7 +66,7 @@ impl Engine {
             let file = self.backend.open(name, true).map_err(io(name.clone()))?;
             let len = file.len().map_err(io(name.clone()))?;
             if len > committed {
-                self.check_tail(id, committed, len, next_seq)?;
+                self.check_tail(id, committed, len, next_seq, &known)?;
                 cuts.push((file, committed, len));
             } else if len < committed {
                 report.short_packs += 1;
@@ -69,6 +78,18 @@ impl Engine {
             file.sync().map_err(io("syncing a pack".into()))?;
             report.truncated_bytes += len - committed;
         }
+        // Packs named when a write started that never committed anything: what they hold was
+        // just checked to be at most that write; their rows and files go.
+        let empty: Vec<u64> = packs.iter().filter(|p| *p.1 == 0).map(|p| *p.0).collect();
+        if !empty.is_empty() {
+            let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+            let tx = catalog.write()?;
+            for id in &empty {
+                tx.doom_pack(*id)?;
+            }
+            tx.commit()?;
+        }
+        let doomed: Vec<u64> = doomed.into_iter().chain(empty).collect();
         if !doomed.is_empty() {
             report.doomed_packs_removed = self.remove_doomed(&doomed)?;
         }
@@ -76,9 +97,17 @@ impl Engine {
     }
 
     /// Errs when a pack tail holds a complete model or tombstone record of a write other than
-    /// the one that may have been in flight (sequence `next_seq`): that write committed, and the
-    /// catalog does not know it.
-    fn check_tail(&self, pack_id: u64, committed: u64, len: u64, next_seq: u64) -> Result<()> {
+    /// the one that may have been in flight (sequence `next_seq`) and other than those the
+    /// catalog knows (`known`: a gc in flight copies records it already names): that write
+    /// committed, and the catalog does not know it.
+    fn check_tail(
+        &self,
+        pack_id: u64,
+        committed: u64,
+        len: u64,
+        next_seq: u64,
+        known: &HashSet<u64>,
+    ) -> Result<()> {
         let file = self
             .backend
             .open(&pack_file_name(pack_id), false)
@@ -106,7 +135,7 @@ impl Engine {
                 let seq = payload
                     .get(..8)
                     .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
-                if intact && seq != Some(next_seq) {
+                if intact && seq != Some(next_seq) && !seq.is_some_and(|s| known.contains(&s)) {
                     return Err(StorageError::CatalogBehind {
                         detail: format!(
                             "pack {pack_id} holds a committed write (sequence {}) past the {committed} \

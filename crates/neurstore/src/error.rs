@@ -73,8 +73,12 @@ impl Error {
                 StorageError::ModelNotFound(_) | StorageError::NoStore(_) => ErrorKind::NotFound,
                 StorageError::ModelExists(_)
                 | StorageError::AlreadyExists(_)
-                | StorageError::ReadOnly => ErrorKind::InvalidInput,
-                StorageError::Corrupt { .. } | StorageError::PackMissing(_) => ErrorKind::Corrupt,
+                | StorageError::ReadOnly
+                | StorageError::NeedsUpgrade(_) => ErrorKind::InvalidInput,
+                StorageError::Corrupt { .. }
+                | StorageError::PackMissing(_)
+                | StorageError::CatalogLost { .. }
+                | StorageError::CatalogBehind { .. } => ErrorKind::Corrupt,
                 StorageError::Locked { .. } => ErrorKind::Locked,
                 StorageError::Io { .. } | StorageError::Poisoned => ErrorKind::Io,
                 _ => ErrorKind::Other,

@@ -356,6 +356,9 @@ impl Store {
             .collect();
         problems.extend(object_problems);
         for m in &models {
+            if let Err(e) = self.engine.check_model_record(m) {
+                problems.push(e.to_string());
+            }
             // Decoding every header checks it against the catalog's tensors.
             let snapshot_check = self.engine.read(|q| {
                 let (files, tensors) = (q.model_files(m.id)?, q.model_tensors(m.id)?);

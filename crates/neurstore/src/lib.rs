@@ -50,6 +50,7 @@ pub use export::{GetReport, LoadedTensor, TensorData};
 pub use inspect::{FileInfo, KindStats, ModelInfo, ModelSummary, Stats, TensorInfo, VerifyReport};
 pub use neurstore_core::dtype::DType;
 pub use neurstore_core::kernel::{BaseMatrix, QuantMatrix};
+pub use neurstore_storage::rebuild::RebuildReport;
 pub use neurstore_storage::{GcReport, RecoveryReport, StorageError};
 pub use progress::{NoProgress, Progress};
 pub use put::{BaseChoice, Mode, PutOptions, PutReport, TensorInput, TensorReport};
@@ -160,6 +161,34 @@ impl Store {
             name: name.to_string(),
             objects_freed: freed,
         })
+    }
+
+    /// Rebuilds the catalog of the store at `root` from its packs alone (a lost, emptied or
+    /// damaged `catalog.db`); the old catalog is kept beside it, renamed. Models whose records
+    /// are all intact come back byte for byte; the report names any that cannot.
+    pub fn recover(root: &Path) -> Result<RebuildReport> {
+        Ok(neurstore_storage::rebuild::rebuild(root, None)?)
+    }
+
+    /// Rewrites a format-1 store in format 2 (crash safe: until its one commit the store is
+    /// the format-1 store it was). A format-2 store is left as it is.
+    pub fn upgrade(&self, progress: &dyn Progress) -> Result<GcReport> {
+        let mut reported: Option<u64> = None;
+        let report = self.engine.upgrade(|done, total| {
+            let last = *reported.get_or_insert_with(|| {
+                progress.start("upgrading", total);
+                0
+            });
+            progress.advance(done - last);
+            reported = Some(done);
+        })?;
+        progress.finish();
+        Ok(report)
+    }
+
+    /// The store's format version (1 or 2).
+    pub fn format_version(&self) -> u32 {
+        self.engine.format_version()
     }
 
     /// Returns the space of removed models and interrupted writes to the file system.

@@ -21,6 +21,7 @@ use neurstore::{NoProgress, PutOptions, PutReport, Store};
 use neurstore_storage::catalog::Queries;
 use neurstore_storage::index::TensorIndex;
 use neurstore_storage::pack::pack_file_name;
+use neurstore_storage::record::PACK_HEADER_LEN;
 use neurstore_storage::{Engine, EngineOptions};
 use reliability_fixture::{
     Model, base_tensors, build_store, copy_store, fine_tune, full_run, models, panic_message,
@@ -118,13 +119,18 @@ fn fixture() -> Fixture {
     let work = dir.path().join("work");
     std::fs::create_dir(&work).unwrap();
     let (engine, _) = Engine::open(&root, EngineOptions::default()).unwrap();
+    // Every live record (objects, and the models' manifest records, which verify reads);
+    // the pack header is read by nothing but a rebuild.
     let mut blobs: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
-    for o in engine.read(|q| q.objects()).unwrap() {
-        let l = o.location;
-        blobs
-            .entry(format!("packs/{}", pack_file_name(l.pack_id)))
-            .or_default()
-            .push((l.offset as usize, (l.offset + l.len) as usize));
+    for (pack_id, spans) in engine.live_spans().unwrap() {
+        blobs.insert(
+            format!("packs/{}", pack_file_name(pack_id)),
+            spans
+                .into_iter()
+                .filter(|&(a, _)| a >= PACK_HEADER_LEN)
+                .map(|(a, b)| (a as usize, b as usize))
+                .collect(),
+        );
     }
     drop(engine);
     Fixture {

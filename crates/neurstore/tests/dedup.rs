@@ -93,7 +93,13 @@ fn same_model_twice_adds_no_pack_bytes() {
     assert_eq!(second.deduplicated_objects, 5);
     assert_eq!(second.stored_bytes_added, 0);
     let after = f.store.stats().unwrap();
-    assert_eq!(after.pack_bytes, before.pack_bytes);
+    // Only the copy's manifest record (its names and keys, for rebuilding the catalog).
+    assert!(
+        after.pack_bytes - before.pack_bytes < 1024,
+        "{} -> {}",
+        before.pack_bytes,
+        after.pack_bytes
+    );
     assert_eq!(after.pack_bytes, f.pack_files_len());
     assert_eq!(after.unique_tensors, before.unique_tensors);
     assert_eq!(after.tensors, 2 * before.tensors);
@@ -179,7 +185,8 @@ fn fine_tune_adds_only_changed_tensor_and_gc_reclaims_everything() {
     assert_eq!(after.unique_tensors, before.unique_tensors + 1);
     let growth = after.pack_bytes - before.pack_bytes;
     assert!(
-        (changed_len..changed_len + 4096).contains(&growth),
+        // The record around it, its page alignment and the model's manifest record.
+        (changed_len..changed_len + 4096 + 1024).contains(&growth),
         "pack grew by {growth} for one {changed_len}-byte tensor"
     );
     let info = f.store.info("tuned").unwrap();
@@ -223,9 +230,11 @@ fn fine_tune_adds_only_changed_tensor_and_gc_reclaims_everything() {
     assert_eq!(stats.unique_tensors, 0);
     f.store.gc(&NoProgress).unwrap();
     let stats = f.store.stats().unwrap();
-    assert_eq!(stats.pack_bytes, 0);
+    // What stays is the removals' tombstones (a catalog rebuilt from the packs must not bring
+    // the models back) until their names are reused.
+    assert!(stats.pack_bytes < 1024, "{}", stats.pack_bytes);
     assert_eq!(stats.reclaimable_bytes, 0);
-    assert_eq!(f.pack_files_len(), 0);
+    assert_eq!(f.pack_files_len(), stats.pack_bytes);
     f.assert_clean();
 
     // The store is usable afterwards, from a fresh handle too.

@@ -20,7 +20,7 @@ use neurstore::{
 };
 use neurstore_storage::catalog::Queries;
 use neurstore_storage::fault::FaultBackend;
-use neurstore_storage::pack::{align_up, pack_id_from_name};
+use neurstore_storage::pack::pack_id_from_name;
 use neurstore_storage::{Engine, EngineOptions};
 
 /// Small packs, so one put spans several of them (sealed packs, several pack directory syncs).
@@ -410,15 +410,7 @@ pub fn leaked_bytes(root: &Path, disk: &FaultBackend) -> Result<u64, String> {
         ..Default::default()
     };
     let (engine, _) = Engine::open(root, options).map_err(|e| e.to_string())?;
-    let objects = engine.read(|q| q.objects()).map_err(|e| e.to_string())?;
-    let mut spans: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
-    for o in &objects {
-        let l = o.location;
-        spans
-            .entry(l.pack_id)
-            .or_default()
-            .push((l.offset, l.offset + align_up(l.len)));
-    }
+    let mut spans = engine.live_spans().map_err(|e| e.to_string())?;
     let mut leaked = 0;
     for name in disk.names() {
         let Some(id) = pack_id_from_name(&name) else {

@@ -381,7 +381,7 @@ pub fn models() -> Vec<Model> {
 }
 
 /// Small packs, so the fixture spans several pack files.
-pub const MAX_PACK_LEN: u64 = 24 * 1024;
+pub const MAX_PACK_LEN: u64 = 12 * 1024;
 
 /// Creates a store at `root` holding `models` (put in order by one writer, then closed), and
 /// checks that the fine-tunes were stored the way the loops rely on.
