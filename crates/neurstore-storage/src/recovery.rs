@@ -78,8 +78,13 @@ impl Engine {
             file.sync().map_err(io("syncing a pack".into()))?;
             report.truncated_bytes += len - committed;
         }
-        // Packs named when a write started that never committed anything: what they hold was
-        // just checked to be at most that write; their rows and files go.
+        report.doomed_packs_removed = self.drop_empty_and_doomed(&packs, doomed)?;
+        Ok(report)
+    }
+
+    /// Removes packs named when a write started that never committed anything (what they hold
+    /// was just checked, or cut, to be at most that write), and packs a committed gc doomed.
+    fn drop_empty_and_doomed(&self, packs: &HashMap<u64, u64>, doomed: Vec<u64>) -> Result<u64> {
         let empty: Vec<u64> = packs.iter().filter(|p| *p.1 == 0).map(|p| *p.0).collect();
         if !empty.is_empty() {
             let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
@@ -90,10 +95,10 @@ impl Engine {
             tx.commit()?;
         }
         let doomed: Vec<u64> = doomed.into_iter().chain(empty).collect();
-        if !doomed.is_empty() {
-            report.doomed_packs_removed = self.remove_doomed(&doomed)?;
+        if doomed.is_empty() {
+            return Ok(0);
         }
-        Ok(report)
+        self.remove_doomed(&doomed)
     }
 
     /// Errs when a pack tail holds a complete model or tombstone record of a write other than
@@ -208,6 +213,9 @@ impl Engine {
                 .sync_dir()
                 .map_err(io("syncing the pack directory".into()))?;
         }
+        // An interrupted upgrade leaves format-2 packs it named but never committed.
+        let doomed = self.read(|q| q.doomed_packs())?;
+        report.doomed_packs_removed = self.drop_empty_and_doomed(&packs, doomed)?;
         Ok(report)
     }
 }
