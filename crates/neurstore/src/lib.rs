@@ -167,7 +167,15 @@ impl Store {
     /// damaged `catalog.db`); the old catalog is kept beside it, renamed. Models whose records
     /// are all intact come back byte for byte; the report names any that cannot.
     pub fn recover(root: &Path) -> Result<RebuildReport> {
-        Ok(neurstore_storage::rebuild::rebuild(root, None)?)
+        Self::recover_with(root, None)
+    }
+
+    /// [`Store::recover`] over another pack backend (tests pass a fault-injecting one).
+    pub fn recover_with(
+        root: &Path,
+        backend: Option<std::sync::Arc<dyn neurstore_storage::backend::Backend>>,
+    ) -> Result<RebuildReport> {
+        Ok(neurstore_storage::rebuild::rebuild(root, backend)?)
     }
 
     /// Rewrites a format-1 store in format 2 (crash safe: until its one commit the store is

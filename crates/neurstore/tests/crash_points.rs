@@ -11,7 +11,8 @@
 mod fault_workload;
 
 use fault_workload::{
-    Model, Run, Tally, check_reopened, copy_catalog, full_run, models, ms, parallel, run, try_open,
+    Model, Run, Tally, check_rebuilt, check_reopened, copy_catalog, full_run, models, ms, parallel,
+    run, try_open,
 };
 use neurstore_storage::fault::{CrashPolicy, FaultBackend, ImageStats, OpKind, OpRecord};
 
@@ -68,6 +69,7 @@ fn crash_at_every_write_point() {
     let images_checked = (n + 1) * (seeds + 2);
     eprintln!(
         "crash points: {} points x {} images ({} random seeds + keep-all + drop-all) = {} images, \
+         each reopened and also rebuilt from its packs alone (catalog lost), \
          plus {} power losses during recovery x 2 images; violations = {}; torn bytes served = {}; \
          bytes leaked after gc = {}; recovery time max = {:.1} ms",
         n + 1,
@@ -80,9 +82,10 @@ fn crash_at_every_write_point() {
         tally.leaked_bytes,
         ms(tally.recovery_max),
     );
+    // Every image is checked twice: reopened, and rebuilt from its packs with the catalog lost.
     assert_eq!(
         tally.checks,
-        images_checked + 2 * tally.recovery_crash_points
+        2 * images_checked + 2 * tally.recovery_crash_points
     );
     eprintln!(
         "crash points: unsynced file operations kept {}, dropped {}, torn {}; directory operations dropped {}; \
@@ -136,6 +139,10 @@ fn crash_at(k: u64, n: u64, seeds: u64, models: &[Model], log: &[OpRecord]) -> (
         {
             crash_during_recovery(&label, &crashed, &image, models, &mut tally);
         }
+        tally.add(
+            &format!("{label}, catalog lost"),
+            check_rebuilt(&image, &crashed, models),
+        );
         let check = check_reopened(&crashed.root, image, &crashed.acked, models);
         tally.add(&label, check);
     }

@@ -499,6 +499,53 @@ pub fn check_reopened(
     check
 }
 
+/// Rebuilds the catalog from `image`'s packs alone (as `neurstore recover` does after the
+/// catalog is lost), then checks: every acknowledged model comes back exactly (or within its
+/// bound), but for the one a removal in flight may have removed (its tombstone can be durable
+/// before the catalog commit); any other model listed is one of the workload's (the put in
+/// flight) and reads back exactly too; verify finds nothing.
+pub fn check_rebuilt(image: &FaultBackend, crashed: &Run, models: &[Model]) -> Check {
+    let in_flight_removal = match crashed.first_failure().map(|s| s.step) {
+        Some(Step::Remove(name)) => Some(name),
+        _ => None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    std::fs::create_dir_all(root.join("packs")).unwrap();
+    let disk = image.current_image();
+    let mut check = Check::default();
+    let backend: Arc<dyn neurstore_storage::backend::Backend> = Arc::new(disk.clone());
+    if let (outcome, None) = catch(|| Store::recover_with(&root, Some(backend.clone()))) {
+        check.violations.push(format!("rebuild failed: {outcome:?}"));
+        return check;
+    }
+    let (outcome, store) = catch(|| open_writer(&root, &disk));
+    let Some(store) = store else {
+        check.violations.push(format!("reopen after rebuild failed: {outcome:?}"));
+        return check;
+    };
+    let listed: BTreeSet<String> = store
+        .list()
+        .map(|l| l.into_iter().map(|m| m.name).collect())
+        .unwrap_or_default();
+    let mut expect = crashed.acked.clone();
+    if let Some(name) = in_flight_removal.filter(|n| !listed.contains(*n)) {
+        expect.remove(name);
+    }
+    for name in &listed {
+        match models.iter().position(|m| m.name == name) {
+            Some(i) => {
+                expect.entry(models[i].name).or_insert(i);
+            }
+            None => check
+                .violations
+                .push(format!("rebuilt: an unknown model {name:?} is listed")),
+        }
+    }
+    check_models(&store, &expect, models, "rebuilt from the packs", &mut check);
+    check
+}
+
 /// Adds up checks and keeps the first few violations, labelled, for the failure message.
 #[derive(Default)]
 pub struct Tally {
