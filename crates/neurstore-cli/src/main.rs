@@ -187,14 +187,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Info { name } => out.info(&Store::open(&root)?.info(&name)?),
         Command::Rm { name } => out.rm(&Store::open_writer(&root)?.remove(&name)?),
         Command::Gc => {
-            let store = Store::open_writer(&root)?;
-            let mut report = store.gc(&bar)?;
-            // Opening for writing already cut off interrupted writes: count them too.
-            let opened = store.recovery();
-            report.recovery.truncated_bytes += opened.truncated_bytes;
-            report.recovery.orphan_packs_removed += opened.orphan_packs_removed;
-            report.recovery.orphan_bytes += opened.orphan_bytes;
-            out.gc(&report);
+            out.gc(&Store::open_writer(&root)?.gc(&bar)?);
         }
         Command::Upgrade => {
             let store = Store::open_writer(&root)?;

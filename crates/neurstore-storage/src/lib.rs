@@ -16,6 +16,7 @@ pub mod backend;
 pub mod catalog;
 pub mod engine;
 pub mod error;
+#[cfg(any(test, feature = "fault-injection"))]
 pub mod fault;
 mod gc;
 pub mod index;

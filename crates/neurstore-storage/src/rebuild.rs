@@ -96,10 +96,10 @@ fn scan_pack(backend: &dyn Backend, pack_id: u64, name: &str, scan: &mut Scan) -
         }
     };
     scan.report.packs += 1;
-    if let Some((store_id, id)) = decode_pack_header(bytes) {
-        if id == pack_id {
-            scan.store_id.get_or_insert(store_id);
-        }
+    if let Some((store_id, id)) = decode_pack_header(bytes)
+        && id == pack_id
+    {
+        scan.store_id.get_or_insert(store_id);
     }
     let mut at = PACK_HEADER_LEN;
     let mut end_of_valid = PACK_HEADER_LEN.min(bytes.len() as u64);

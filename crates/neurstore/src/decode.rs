@@ -13,7 +13,6 @@ use neurstore_storage::pack::BlobBytes;
 
 use crate::Store;
 use crate::error::Result;
-use crate::export::TensorData;
 
 /// Longest base chain followed before the data is declared corrupt (a cycle, say). Writers keep
 /// chains within it (`PutOptions::max_chain_depth` is at most this).
@@ -154,7 +153,7 @@ impl Store {
             return Err(StorageError::corrupt(what, "raw length disagrees with the buffer").into());
         }
         self.decode_stored(object, &stored, what, 0, fill, out)?;
-        crate::export::release(&stored);
+        release(&stored);
         Ok(())
     }
 
@@ -363,6 +362,54 @@ fn populate(buf: &[u8]) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = buf;
+}
+
+/// A loaded tensor's bytes.
+pub enum TensorData {
+    /// Stored bytes (raw codec), possibly a view of a mapped pack file.
+    Stored(BlobBytes),
+    /// Decoded bytes.
+    Decoded(Vec<u8>),
+}
+
+impl std::ops::Deref for TensorData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            TensorData::Stored(b) => b,
+            TensorData::Decoded(v) => v,
+        }
+    }
+}
+
+/// Drops this process's mapping of a blob's pages once a one-pass export has used them (they
+/// stay in the page cache): the export's resident memory then does not grow with the model.
+pub(crate) fn release(blob: &BlobBytes) {
+    release_range(blob, 0..blob.len());
+}
+
+/// [`release`] for bytes `sub` of a blob.
+pub(crate) fn release_range(blob: &BlobBytes, sub: std::ops::Range<usize>) {
+    #[cfg(unix)]
+    if let BlobBytes::Mapped(map, range) = blob {
+        let (s, e) = (
+            range.start + sub.start,
+            (range.start + sub.end).min(range.end),
+        );
+        if s >= e {
+            return;
+        }
+        let start = s - s % 4096;
+        // SAFETY: pack bytes below the committed length never change while the pack exists (a
+        // store invariant), and pages of a read-only shared file mapping dropped here are
+        // faulted back from the file, so every reader of this map, on any thread, keeps
+        // seeing the same bytes.
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, e - start)
+        };
+    }
+    #[cfg(not(unix))]
+    let _ = (blob, sub);
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use neurstore_core::codec::{self, Codec};
 use neurstore_core::key::TensorKeyHasher;
 
 use crate::Store;
-use crate::decode::{Fill, StreamBase, check_key};
+use crate::decode::{Fill, StreamBase, TensorData, check_key, release, release_range};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 
@@ -56,24 +56,6 @@ pub struct LoadedTensor {
     pub shape: Vec<u64>,
     /// Its bytes: a view of the pack file where stored raw, decoded otherwise.
     pub data: TensorData,
-}
-
-/// A loaded tensor's bytes.
-pub enum TensorData {
-    /// Stored bytes (raw codec), possibly a view of a mapped pack file.
-    Stored(BlobBytes),
-    /// Decoded bytes.
-    Decoded(Vec<u8>),
-}
-
-impl std::ops::Deref for TensorData {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            TensorData::Stored(b) => b,
-            TensorData::Decoded(v) => v,
-        }
-    }
 }
 
 /// Everything needed to rebuild one model, read from one catalog snapshot.
@@ -628,36 +610,6 @@ impl BaseReader<'_> {
             }
         }
     }
-}
-
-/// Drops this process's mapping of a blob's pages once a one-pass export has used them (they
-/// stay in the page cache): the export's resident memory then does not grow with the model.
-pub(crate) fn release(blob: &BlobBytes) {
-    release_range(blob, 0..blob.len());
-}
-
-/// [`release`] for bytes `sub` of a blob.
-fn release_range(blob: &BlobBytes, sub: std::ops::Range<usize>) {
-    #[cfg(unix)]
-    if let BlobBytes::Mapped(map, range) = blob {
-        let (s, e) = (
-            range.start + sub.start,
-            (range.start + sub.end).min(range.end),
-        );
-        if s >= e {
-            return;
-        }
-        let start = s - s % 4096;
-        // SAFETY: pack bytes below the committed length never change while the pack exists (a
-        // store invariant), and pages of a read-only shared file mapping dropped here are
-        // faulted back from the file, so every reader of this map, on any thread, keeps
-        // seeing the same bytes.
-        let _ = unsafe {
-            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, e - start)
-        };
-    }
-    #[cfg(not(unix))]
-    let _ = (blob, sub);
 }
 
 /// A temporary path beside `out`, in the same directory so the final rename is atomic.

@@ -45,8 +45,9 @@ mod resident;
 use std::path::Path;
 
 pub use decode::BaseCacheStats;
+pub use decode::TensorData;
 pub use error::{Error, ErrorKind, Result};
-pub use export::{GetReport, LoadedTensor, TensorData};
+pub use export::{GetReport, LoadedTensor};
 pub use inspect::{FileInfo, KindStats, ModelInfo, ModelSummary, Stats, TensorInfo, VerifyReport};
 pub use neurstore_core::dtype::DType;
 pub use neurstore_core::kernel::{BaseMatrix, QuantMatrix};
@@ -63,6 +64,8 @@ use neurstore_storage::{Engine, EngineOptions};
 pub struct Store {
     engine: Engine,
     recovery: RecoveryReport,
+    /// Whether a gc report already counted `recovery`.
+    open_recovery_reported: std::sync::atomic::AtomicBool,
     base_cache: std::sync::Mutex<decode::BaseCache>,
 }
 
@@ -126,6 +129,7 @@ impl Store {
         Ok(Store {
             engine,
             recovery,
+            open_recovery_reported: std::sync::atomic::AtomicBool::new(false),
             base_cache: std::sync::Mutex::new(cache),
         })
     }
@@ -199,7 +203,8 @@ impl Store {
         self.engine.format_version()
     }
 
-    /// Returns the space of removed models and interrupted writes to the file system.
+    /// Returns the space of removed models and interrupted writes to the file system. The
+    /// report's recovery counts what this handle's opening recovered too (once per handle).
     pub fn gc(&self, progress: &dyn Progress) -> Result<GcReport> {
         let mut reported: Option<u64> = None;
         let report = self.engine.gc(|done, total| {
@@ -211,6 +216,17 @@ impl Store {
             reported = Some(done);
         })?;
         progress.finish();
+        let mut report = report;
+        if !self
+            .open_recovery_reported
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            let opened = &self.recovery;
+            report.recovery.truncated_bytes += opened.truncated_bytes;
+            report.recovery.orphan_packs_removed += opened.orphan_packs_removed;
+            report.recovery.orphan_bytes += opened.orphan_bytes;
+            report.recovery.doomed_packs_removed += opened.doomed_packs_removed;
+        }
         Ok(report)
     }
 }

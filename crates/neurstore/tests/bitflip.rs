@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use neurstore::{NoProgress, PutOptions, PutReport, Store};
-use neurstore_storage::catalog::Queries;
 use neurstore_storage::index::TensorIndex;
 use neurstore_storage::pack::pack_file_name;
 use neurstore_storage::record::PACK_HEADER_LEN;

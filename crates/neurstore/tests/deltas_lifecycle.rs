@@ -180,7 +180,7 @@ fn a_damaged_base_fails_its_fine_tune_as_corrupt() {
         let pack = &packs[0];
         let original = std::fs::read(pack).unwrap();
         let conn = rusqlite::Connection::open(f.root.join("catalog.db")).unwrap();
-        let mut starts: Vec<usize> = conn
+        let starts: Vec<usize> = conn
             .prepare("SELECT offset FROM objects ORDER BY offset")
             .unwrap()
             .query_map([], |r| r.get::<_, i64>(0))

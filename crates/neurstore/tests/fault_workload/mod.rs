@@ -8,7 +8,7 @@
 // Each loop uses a different subset of these helpers.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,7 +18,6 @@ use neurstore::{
     DType, Error, LoadedTensor, Mode, NoProgress, PutOptions, RecoveryReport, Store, StoreOptions,
     TensorInput,
 };
-use neurstore_storage::catalog::Queries;
 use neurstore_storage::fault::FaultBackend;
 use neurstore_storage::pack::pack_id_from_name;
 use neurstore_storage::{Engine, EngineOptions};
@@ -516,12 +515,16 @@ pub fn check_rebuilt(image: &FaultBackend, crashed: &Run, models: &[Model]) -> C
     let mut check = Check::default();
     let backend: Arc<dyn neurstore_storage::backend::Backend> = Arc::new(disk.clone());
     if let (outcome, None) = catch(|| Store::recover_with(&root, Some(backend.clone()))) {
-        check.violations.push(format!("rebuild failed: {outcome:?}"));
+        check
+            .violations
+            .push(format!("rebuild failed: {outcome:?}"));
         return check;
     }
     let (outcome, store) = catch(|| open_writer(&root, &disk));
     let Some(store) = store else {
-        check.violations.push(format!("reopen after rebuild failed: {outcome:?}"));
+        check
+            .violations
+            .push(format!("reopen after rebuild failed: {outcome:?}"));
         return check;
     };
     let listed: BTreeSet<String> = store
@@ -542,7 +545,13 @@ pub fn check_rebuilt(image: &FaultBackend, crashed: &Run, models: &[Model]) -> C
                 .push(format!("rebuilt: an unknown model {name:?} is listed")),
         }
     }
-    check_models(&store, &expect, models, "rebuilt from the packs", &mut check);
+    check_models(
+        &store,
+        &expect,
+        models,
+        "rebuilt from the packs",
+        &mut check,
+    );
     check
 }
 
