@@ -374,6 +374,59 @@ impl Engine {
         Ok(bytes.slice(start..stop))
     }
 
+    /// Checks, cheaply, that an object's record is present and is that object's: the pack
+    /// covers the record's whole extent, and its header and meta are what the row implies (the
+    /// payload is not read). A writer calls it before deduplicating against an object, so a new
+    /// model never points at a blob that is gone.
+    pub fn check_present(&self, object: &ObjectRow, what: &str) -> Result<()> {
+        if self.format_version() == 1 {
+            return Ok(());
+        }
+        let meta = object.meta().encode();
+        let is_tensor = matches!(object.kind, crate::catalog::ObjectKind::Tensor { .. });
+        let header = RecordHeader {
+            kind: RecordType::Object,
+            align_log2: object_alignment(object.codec, is_tensor, object.location.len),
+            meta_len: meta.len() as u16,
+            payload_len: object.location.len,
+        };
+        let at = object.location.offset;
+        let missing = |detail: String| {
+            StorageError::corrupt(
+                what,
+                format!(
+                    "{detail} (pack {} at offset {at}); nothing was written: run `neurstore verify`",
+                    object.location.pack_id
+                ),
+            )
+        };
+        let end = header
+            .end(at)
+            .ok_or_else(|| missing("its record overflows".into()))?;
+        let len = match self.pack_file_len(object.location.pack_id) {
+            Ok(len) => len,
+            Err(_) => return Err(missing("its pack file is missing".into())),
+        };
+        if len < end {
+            return Err(missing(format!(
+                "its record ends at {end} but the pack holds {len} bytes"
+            )));
+        }
+        let head = self.reader.read(
+            BlobLocation {
+                pack_id: object.location.pack_id,
+                offset: at,
+                len: RECORD_HEADER_LEN + meta.len() as u64,
+            },
+            what,
+        )?;
+        let expected: Vec<u8> = header.encode().iter().chain(&meta).copied().collect();
+        if head[..] != expected[..] {
+            return Err(missing("its record is not there".into()));
+        }
+        Ok(())
+    }
+
     /// Bytes on disk.
     pub fn disk_usage(&self) -> Result<DiskUsage> {
         let mut pack_bytes = 0;

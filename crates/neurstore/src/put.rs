@@ -285,6 +285,11 @@ impl Store {
             }
             Ok(())
         })?;
+        // Deduplicating against a blob that is gone would make a model that cannot be read.
+        for row in existing.values() {
+            self.engine
+                .check_present(row, &format!("stored object {} (to share)", row.id))?;
+        }
         let stored_as = |item: &Item| -> Option<Digest> {
             [item.exact_key, item.store_key]
                 .into_iter()

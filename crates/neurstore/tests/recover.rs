@@ -186,3 +186,34 @@ fn an_older_catalog_never_costs_a_newer_model() {
         assert_eq!(&get(&store, dir.path(), name), file);
     }
 }
+
+#[test]
+fn a_put_never_shares_a_blob_that_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    Store::init(&root).unwrap();
+    let (_, file) = model(9, None);
+    put(
+        &Store::open_writer(&root).unwrap(),
+        dir.path(),
+        "m",
+        &file,
+        Mode::Lossless,
+    );
+    // The pack loses its second half (a damaged disk, a careless copy).
+    let (pack, len) = packs(&root).remove(0);
+    let f = std::fs::OpenOptions::new().write(true).open(&pack).unwrap();
+    f.set_len(len / 2).unwrap();
+    drop(f);
+    let store = Store::open_writer(&root).unwrap();
+    let path = dir.path().join("again.safetensors");
+    std::fs::write(&path, &file).unwrap();
+    let err = store
+        .put("again", &path, &PutOptions::default(), &NoProgress)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert!(err.to_string().contains("neurstore verify"), "{err}");
+    let names: Vec<String> = store.list().unwrap().into_iter().map(|m| m.name).collect();
+    assert_eq!(names, ["m"]);
+    assert_eq!(packs(&root)[0].1, len / 2, "nothing was appended or cut");
+}
