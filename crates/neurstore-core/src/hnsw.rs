@@ -27,7 +27,7 @@ pub struct HnswParams {
 
 /// Bucket size from which a graph is built: the measured crossover of exact scan and HNSW
 /// query time at 128 dimensions (docs/benchmarks.md, "Sketch and index footprint").
-pub const DEFAULT_SCAN_BELOW: usize = 4096;
+pub const DEFAULT_SCAN_BELOW: usize = 2048;
 
 impl Default for HnswParams {
     fn default() -> Self {

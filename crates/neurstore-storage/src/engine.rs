@@ -315,7 +315,9 @@ impl Engine {
     fn persist_index(&self, index: &TensorIndex, write: IndexWrite) -> Result<IndexWrite> {
         let io = |e| StorageError::io("writing the similarity index", e);
         if let IndexWrite::Append { offset, bytes } = &write {
-            let file = self.backend.open(INDEX_FILE, false).map_err(io)?;
+            // Opened for writing (`create`); a missing file is created empty, fails the length
+            // check, and is replaced by the snapshot below.
+            let file = self.backend.open(INDEX_FILE, true).map_err(io)?;
             if file.len().map_err(io)? == *offset {
                 file.write_at(bytes, *offset).map_err(io)?;
                 return Ok(write);
@@ -970,6 +972,25 @@ mod tests {
         assert_eq!(engine.index_rebuilds(), 0, "extended, not rebuilt");
         let rewritten = disk.contents(INDEX_FILE).unwrap();
         assert_eq!(rewritten, built.encode());
+    }
+
+    /// The same on the local file system, whose files opened without `create` are read-only.
+    #[test]
+    fn the_index_file_is_appended_on_the_file_system() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("s");
+        Engine::init(&root).unwrap();
+        let engine = writer(&root);
+        put_sketched(&engine, "a", 30, 0);
+        engine.with_index(|_| ()).unwrap();
+        let path = root.join("packs").join(INDEX_FILE);
+        let snapshot = std::fs::read(&path).unwrap();
+        put_sketched(&engine, "b", 2, 50);
+        engine.with_index(|i| assert_eq!(i.len(), 32)).unwrap();
+        let appended = std::fs::read(&path).unwrap();
+        assert!(appended.len() > snapshot.len());
+        assert_eq!(&appended[..snapshot.len()], &snapshot[..]);
+        assert_eq!(TensorIndex::decode(&appended).unwrap().len(), 32);
     }
 
     #[test]
