@@ -354,7 +354,8 @@ impl Hnsw {
                 .ok_or_else(|| CodecError::corrupt("malformed sketch"))?;
             g.packed.push(sketch);
             g.vectors.extend_from_slice(&sketch.values());
-            g.links.push(if graph { r.levels(&g, n)? } else { Vec::new() });
+            g.links
+                .push(if graph { r.levels(&g, n)? } else { Vec::new() });
         }
         if r.remaining() != 0 {
             return Err(CodecError::corrupt("trailing bytes after the graph"));

@@ -942,7 +942,11 @@ mod tests {
         engine.with_index(|i| assert_eq!(i.len(), 43)).unwrap();
         let appended = disk.contents(INDEX_FILE).unwrap();
         assert!(appended.len() > snapshot.len());
-        assert_eq!(&appended[..snapshot.len()], &snapshot[..], "appended, not rewritten");
+        assert_eq!(
+            &appended[..snapshot.len()],
+            &snapshot[..],
+            "appended, not rewritten"
+        );
         put_sketched(&engine, "c", 2, 200);
         engine.with_index(|_| ()).unwrap();
         let twice = disk.contents(INDEX_FILE).unwrap();

@@ -167,12 +167,7 @@ impl TensorIndex {
     ) -> Vec<(i64, f32)> {
         self.buckets
             .get(&(dtype, elements))
-            .map(|g| {
-                query(g)
-                    .into_iter()
-                    .map(|(id, d)| (id as i64, d))
-                    .collect()
-            })
+            .map(|g| query(g).into_iter().map(|(id, d)| (id as i64, d)).collect())
             .unwrap_or_default()
     }
 
@@ -325,7 +320,10 @@ fn decode_snapshot(bytes: &[u8]) -> Result<(TensorIndex, usize), String> {
     let body_end = usize::try_from(len)
         .ok()
         .and_then(|l| l.checked_add(c.pos))
-        .filter(|&end| end.checked_add(SNAPSHOT_SUM).is_some_and(|e| e <= bytes.len()))
+        .filter(|&end| {
+            end.checked_add(SNAPSHOT_SUM)
+                .is_some_and(|e| e <= bytes.len())
+        })
         .ok_or("index file truncated")?;
     let total = body_end + SNAPSHOT_SUM;
     if blake3::hash(&bytes[..body_end]).as_bytes() != &bytes[body_end..total] {
@@ -362,7 +360,11 @@ fn decode_snapshot(bytes: &[u8]) -> Result<(TensorIndex, usize), String> {
 
 /// The record at the start of `bytes` when it is whole, intact and follows an index at
 /// `generation` whose highest id is `last_id`: (its generation, its inserts, its length).
-fn decode_record(bytes: &[u8], generation: u64, last_id: i64) -> Option<(u64, Vec<SketchRow>, usize)> {
+fn decode_record(
+    bytes: &[u8],
+    generation: u64,
+    last_id: i64,
+) -> Option<(u64, Vec<SketchRow>, usize)> {
     let mut c = Cursor { bytes, pos: 0 };
     let len = c.u32().ok()? as usize;
     if len > MAX_RECORD {

@@ -92,10 +92,12 @@ const COMPACT_SKETCHES: &str = r#"
     ) STRICT;
     "#;
 
+/// A row conversion in code, run inside the migration transaction.
+type Conversion = fn(&rusqlite::Transaction) -> Result<()>;
+
 /// Row conversions SQL cannot express, each run right after the migration whose SQL it names,
 /// in the same transaction.
-const CONVERSIONS: &[(&str, fn(&rusqlite::Transaction) -> Result<()>)] =
-    &[(COMPACT_SKETCHES, compact_sketches)];
+const CONVERSIONS: &[(&str, Conversion)] = &[(COMPACT_SKETCHES, compact_sketches)];
 
 /// Moves every sketch worth keeping from `sketches` (128 f32) into `sketches_packed`, packed,
 /// then replaces the old table and bumps the index generation (the index file is rebuilt).
@@ -118,7 +120,12 @@ fn compact_sketches(tx: &rusqlite::Transaction) -> Result<()> {
                 continue;
             }
             let packed = Packed::quantize(&values);
-            write.execute(rusqlite::params![id, dtype, elements, &packed.as_bytes()[..]])?;
+            write.execute(rusqlite::params![
+                id,
+                dtype,
+                elements,
+                &packed.as_bytes()[..]
+            ])?;
         }
     }
     tx.execute_batch(
@@ -218,7 +225,13 @@ mod tests {
                 .map(|j| ((i * 7 + j) as f32 * 0.37).sin() * 0.05 + (i / 3) as f32 * 0.01)
                 .collect()
         };
-        let elements = |i: usize| if i == 4 { MIN_ELEMENTS - 1 } else { MIN_ELEMENTS };
+        let elements = |i: usize| {
+            if i == 4 {
+                MIN_ELEMENTS - 1
+            } else {
+                MIN_ELEMENTS
+            }
+        };
         for i in 0..6usize {
             conn.execute(
                 "INSERT INTO objects (object_id, content_key, kind, dtype, shape, raw_len, codec, \
@@ -244,7 +257,10 @@ mod tests {
             .collect::<rusqlite::Result<_>>()
             .unwrap();
         // Object 5 (too few elements) and object 6 (a malformed sketch) lost theirs.
-        assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        assert_eq!(
+            rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
         let packed: Vec<Vec<f32>> = rows
             .iter()
             .map(|(_, b)| Packed::from_bytes(b).unwrap().values())

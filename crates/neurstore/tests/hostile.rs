@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use neurstore::{BaseChoice, DType, ErrorKind, Mode, NoProgress, PutOptions, Store, TensorInput};
 use neurstore_core::codec::{delta, grouped, quantized};
 use neurstore_core::hnsw::{Hnsw, HnswParams};
-use neurstore_core::sketch::{Packed, SKETCH_DIM};
 use neurstore_core::safetensors;
+use neurstore_core::sketch::{Packed, SKETCH_DIM};
 use neurstore_storage::index::TensorIndex;
 use reliability_fixture::{Model, Rng, build_store, copy_store, full_run, models, panic_message};
 

@@ -44,7 +44,11 @@ enum Command {
     /// Delta wins and bytes saved by element count.
     Gate {
         /// Element counts of the fine-tune-like tensors.
-        #[arg(long, value_delimiter = ',', default_value = "32,64,128,256,384,512,1024,2048,4096")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "32,64,128,256,384,512,1024,2048,4096"
+        )]
         sizes: Vec<usize>,
         /// Pairs per element count.
         #[arg(long, default_value_t = 40)]
@@ -61,7 +65,11 @@ enum Command {
     },
     /// Exact scan against HNSW by bucket size.
     Scan {
-        #[arg(long, value_delimiter = ',', default_value = "100,250,500,1000,2000,4000,8000,16000")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "100,250,500,1000,2000,4000,8000,16000"
+        )]
         sizes: Vec<usize>,
         /// Queries per size.
         #[arg(long, default_value_t = 400)]
@@ -88,6 +96,9 @@ impl Rng {
     }
 }
 
+/// A tensor and its base, as f32 values.
+type Pair = (Vec<f32>, Vec<f32>);
+
 /// A model's F32 tensors by name.
 fn f32_tensors(path: &Path) -> Result<BTreeMap<String, Vec<f32>>> {
     let file = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -112,7 +123,12 @@ fn bytes(v: &[f32]) -> Vec<u8> {
 fn w2_checkpoints(data: &Path) -> Result<Vec<BTreeMap<String, Vec<f32>>>> {
     let dir = data.join("w2");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("reading {} (run scripts/workloads/make_w2.py)", dir.display()))?
+        .with_context(|| {
+            format!(
+                "reading {} (run scripts/workloads/make_w2.py)",
+                dir.display()
+            )
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
         .collect();
@@ -176,7 +192,11 @@ struct GateCell {
     saved: u64,
 }
 
-fn gate_row(cells: &mut BTreeMap<(String, usize, String), GateCell>, source: &str, pairs: &[(Vec<f32>, Vec<f32>)]) -> Result<()> {
+fn gate_row(
+    cells: &mut BTreeMap<(String, usize, String), GateCell>,
+    source: &str,
+    pairs: &[Pair],
+) -> Result<()> {
     for (target, base) in pairs {
         for mode in MODES {
             let (alone, with) = encodings(target, base, mode)?;
@@ -197,7 +217,7 @@ fn gate_row(cells: &mut BTreeMap<(String, usize, String), GateCell>, source: &st
 fn gate(cli: &Cli, sizes: &[usize], pairs: usize, noise: f64) -> Result<()> {
     let mut cells = BTreeMap::new();
     let w2 = w2_checkpoints(&cli.data)?;
-    let w2_pairs: Vec<(Vec<f32>, Vec<f32>)> = w2
+    let w2_pairs: Vec<Pair> = w2
         .windows(2)
         .flat_map(|w| {
             w[1].iter()
@@ -205,7 +225,7 @@ fn gate(cli: &Cli, sizes: &[usize], pairs: usize, noise: f64) -> Result<()> {
                 .collect::<Vec<_>>()
         })
         .collect();
-    let mut by_len: BTreeMap<usize, Vec<(Vec<f32>, Vec<f32>)>> = BTreeMap::new();
+    let mut by_len: BTreeMap<usize, Vec<Pair>> = BTreeMap::new();
     for p in w2_pairs {
         by_len.entry(p.0.len()).or_default().push(p);
     }
@@ -216,7 +236,7 @@ fn gate(cli: &Cli, sizes: &[usize], pairs: usize, noise: f64) -> Result<()> {
     let pool: Vec<&Vec<f32>> = base.values().filter(|v| v.len() >= 4096).collect();
     let mut rng = Rng(cli.seed);
     for &n in sizes {
-        let synthetic: Vec<(Vec<f32>, Vec<f32>)> = (0..pairs)
+        let synthetic: Vec<Pair> = (0..pairs)
             .map(|i| {
                 let src = pool[i % pool.len()];
                 let start = (rng.next_u64() as usize) % (src.len() - n + 1);
@@ -226,7 +246,9 @@ fn gate(cli: &Cli, sizes: &[usize], pairs: usize, noise: f64) -> Result<()> {
             .collect();
         gate_row(&mut cells, "MiniLM + noise", &synthetic)?;
     }
-    println!("| source | elements | mode | pairs | delta passes the margin | mean bytes saved per pair |");
+    println!(
+        "| source | elements | mode | pairs | delta passes the margin | mean bytes saved per pair |"
+    );
     println!("|---|---:|---|---:|---:|---:|");
     for ((source, n, mode), c) in &cells {
         println!(
@@ -273,7 +295,11 @@ fn exact(a: &[f32], b: &[f32]) -> f64 {
 fn choose(query: &Stored, bucket: &[&Stored], packed: bool) -> (usize, usize) {
     let mut order: Vec<usize> = (0..bucket.len()).collect();
     let d = |i: usize| {
-        let s = if packed { &bucket[i].packed } else { &bucket[i].f32_sketch };
+        let s = if packed {
+            &bucket[i].packed
+        } else {
+            &bucket[i].f32_sketch
+        };
         sketch::distance(&query.f32_sketch, s)
     };
     order.sort_by(|&a, &b| d(a).total_cmp(&d(b)).then(a.cmp(&b)));
@@ -369,9 +395,14 @@ fn sketch_cmd(cli: &Cli, fine_tunes: usize) -> Result<()> {
     let first_child = family.len();
     family.extend(children);
     let minilm_result = agreement(&family, first_child);
-    println!("| family | queries | sketch top-1 = exact nearest, f32 | packed | chosen base = exact nearest, f32 | packed | same base chosen |");
+    println!(
+        "| family | queries | sketch top-1 = exact nearest, f32 | packed | chosen base = exact nearest, f32 | packed | same base chosen |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (name, a) in [("W2 checkpoints", w2_result), ("MiniLM + noise", minilm_result)] {
+    for (name, a) in [
+        ("W2 checkpoints", w2_result),
+        ("MiniLM + noise", minilm_result),
+    ] {
         let f = |x: u64| format!("{:.3}", x as f64 / a.queries.max(1) as f64);
         println!(
             "| {name} | {} | {} | {} | {} | {} | {} |",
@@ -401,7 +432,10 @@ fn scan_point(n: usize, queries: usize, seed: u64) -> (f64, f64, f64, f64) {
     let members: Vec<Packed> = (0..n)
         .map(|i| {
             let c = &centres[(i % clusters) * SKETCH_DIM..][..SKETCH_DIM];
-            let v: Vec<f32> = c.iter().map(|&m| m + (0.01 * rng.normal()) as f32).collect();
+            let v: Vec<f32> = c
+                .iter()
+                .map(|&m| m + (0.01 * rng.normal()) as f32)
+                .collect();
             Packed::quantize(&v)
         })
         .collect();
@@ -422,7 +456,9 @@ fn scan_point(n: usize, queries: usize, seed: u64) -> (f64, f64, f64, f64) {
     let qs: Vec<Vec<f32>> = (0..queries)
         .map(|_| {
             let m = members[(rng.next_u64() % n as u64) as usize].values();
-            m.iter().map(|&x| x + (0.002 * rng.normal()) as f32).collect()
+            m.iter()
+                .map(|&x| x + (0.002 * rng.normal()) as f32)
+                .collect()
         })
         .collect();
     let time = |g: &Hnsw, k: usize| {
@@ -446,7 +482,9 @@ fn scan_point(n: usize, queries: usize, seed: u64) -> (f64, f64, f64, f64) {
 }
 
 fn scan(cli: &Cli, sizes: &[usize], queries: usize) {
-    println!("| bucket size | HNSW build s | HNSW µs/query (k = 4) | exact scan µs/query (k = 4) | scan / HNSW | HNSW recall@1 |");
+    println!(
+        "| bucket size | HNSW build s | HNSW µs/query (k = 4) | exact scan µs/query (k = 4) | scan / HNSW | HNSW recall@1 |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|");
     for &n in sizes {
         let (build_s, hnsw_us, scan_us, recall) = scan_point(n, queries, cli.seed);

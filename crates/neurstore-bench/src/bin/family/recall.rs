@@ -128,7 +128,10 @@ fn scaling_point(n: usize, queries: usize, seed: u64) -> ScalingPoint {
     let packed: Vec<Packed> = (0..n)
         .map(|i| {
             let c = &centres[(i % clusters) * SKETCH_DIM..][..SKETCH_DIM];
-            let v: Vec<f32> = c.iter().map(|&m| m + (0.01 * rng.normal()) as f32).collect();
+            let v: Vec<f32> = c
+                .iter()
+                .map(|&m| m + (0.01 * rng.normal()) as f32)
+                .collect();
             Packed::quantize(&v)
         })
         .collect();
