@@ -113,7 +113,8 @@ pub struct NewObject {
     pub decoded_key: Digest,
     /// The base's decoded key (sealed in the record).
     pub base_key: Option<Digest>,
-    /// Similarity sketch, for objects that may serve as bases.
+    /// Similarity sketch (f32; the catalog stores it packed), for objects that may serve as
+    /// bases.
     pub sketch: Option<Vec<f32>>,
 }
 
@@ -211,8 +212,8 @@ pub struct TensorRow {
     pub object: ObjectRow,
 }
 
-/// A recorded sketch: (object id, dtype, element count, sketch values).
-pub type SketchRow = (i64, DType, u64, Vec<f32>);
+/// A recorded sketch: (object id, dtype, element count, packed sketch).
+pub type SketchRow = (i64, DType, u64, neurstore_core::sketch::Packed);
 
 /// The catalog database.
 pub struct Catalog {
@@ -433,7 +434,7 @@ pub trait Queries {
                 .map_err(|_| bad("unknown dtype"))?;
             let elements =
                 u64::try_from(r.get::<_, i64>(2)?).map_err(|_| bad("negative element count"))?;
-            let sketch = neurstore_core::sketch::from_bytes(&r.get::<_, Vec<u8>>(3)?)
+            let sketch = neurstore_core::sketch::Packed::from_bytes(&r.get::<_, Vec<u8>>(3)?)
                 .ok_or_else(|| bad("malformed"))?;
             out.push((id, dtype, elements, sketch));
         }
@@ -777,7 +778,7 @@ impl WriteTxn<'_> {
                     id,
                     dtype.as_str(),
                     elements as i64,
-                    neurstore_core::sketch::to_bytes(sketch)
+                    &neurstore_core::sketch::Packed::quantize(sketch).as_bytes()[..]
                 ],
             )?;
             self.bump_index_generation()?;

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::backend::{Backend, FsBackend};
 use crate::catalog::{Catalog, ObjectRow, Queries, ReadTxn, WriteTxn};
 use crate::error::{Result, StorageError};
-use crate::index::TensorIndex;
+use crate::index::{IndexWrite, TensorIndex};
 use crate::lock::WriterLock;
 use crate::pack::{
     BlobBytes, BlobLocation, PackAppender, PackReader, pack_file_name, pack_id_from_name,
@@ -451,43 +451,47 @@ impl Engine {
 
     /// Runs `f` with the similarity index brought up to date with the catalog: loaded from its
     /// file, extended with objects added since, or rebuilt from the catalog's sketches when the
-    /// file is missing, damaged or stale. A writer persists the result.
+    /// file is missing, damaged or stale. A writer then brings the file up to date (appending
+    /// what it lacks, or rewriting it).
     pub fn with_index<T>(&self, f: impl FnOnce(&TensorIndex) -> T) -> Result<T> {
         let mut slot = self.index.lock().unwrap_or_else(|e| e.into_inner());
         let generation = self.read(|q| q.index_generation())?;
-        let current = slot.as_ref().is_some_and(|i| i.generation() == generation);
-        if !current {
-            let mut candidate = slot.take().or_else(|| self.load_index_file());
-            let mut changed = false;
-            if let Some(idx) = candidate.as_mut().filter(|i| i.generation() != generation) {
-                // Only additions since? Then extend; otherwise rebuild.
-                let (added, total) =
-                    self.read(|q| Ok((q.sketches_after(idx.last_id())?, q.sketch_count()?)))?;
-                if idx.len() + added.len() == total as usize {
-                    for (id, dtype, elements, sketch) in &added {
-                        idx.insert(*id, *dtype, *elements, sketch);
-                    }
-                    idx.set_generation(generation);
-                    changed = true;
-                } else {
-                    candidate = None;
-                }
-            }
-            let index = match candidate {
-                Some(idx) => idx,
-                None => {
-                    self.index_rebuilds
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    changed = true;
-                    TensorIndex::build(generation, &self.read(|q| q.sketches_after(0))?)
-                }
-            };
-            if changed {
-                self.persist_index_as_writer(&index)?;
-            }
-            *slot = Some(index);
+        if slot.as_ref().is_none_or(|i| i.generation() != generation) {
+            let candidate = slot.take().or_else(|| self.load_index_file());
+            *slot = Some(self.index_up_to_date(candidate, generation)?);
         }
-        Ok(f(slot.as_ref().expect("set above")))
+        let index = slot.as_mut().expect("set above");
+        self.persist_index_as_writer(index)?;
+        Ok(f(index))
+    }
+
+    /// `candidate` (from the file or memory) extended to `generation` when only additions
+    /// happened since it was current, else the index rebuilt from every sketch.
+    fn index_up_to_date(
+        &self,
+        candidate: Option<TensorIndex>,
+        generation: u64,
+    ) -> Result<TensorIndex> {
+        if let Some(mut idx) = candidate {
+            if idx.generation() == generation {
+                return Ok(idx);
+            }
+            let (added, total) =
+                self.read(|q| Ok((q.sketches_after(idx.last_id())?, q.sketch_count()?)))?;
+            if idx.generation() < generation && idx.len() + added.len() == total as usize {
+                for (id, dtype, elements, sketch) in &added {
+                    idx.insert(*id, *dtype, *elements, sketch);
+                }
+                idx.set_generation(generation);
+                return Ok(idx);
+            }
+        }
+        self.index_rebuilds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(TensorIndex::build(
+            generation,
+            &self.read(|q| q.sketches_after(0))?,
+        ))
     }
 
     /// How many times the index was rebuilt from the catalog since the store was opened.
@@ -496,6 +500,8 @@ impl Engine {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The index in its file: its snapshot and every intact record after it (a torn or
+    /// damaged tail is dropped), or `None` when missing or its snapshot is damaged.
     fn load_index_file(&self) -> Option<TensorIndex> {
         let file = self.backend.open(INDEX_FILE, false).ok()?;
         let len = usize::try_from(file.len().ok()?).ok()?;
@@ -504,11 +510,11 @@ impl Engine {
         TensorIndex::decode(&bytes).ok()
     }
 
-    /// Persists the index when this engine is a writer that may still write. A latched writer
-    /// writes nothing, derived data included, and a failed write latches it like any other
-    /// (docs/format.md, commit protocol). While a write session holds the writer state, the
-    /// file is left as it is; it is rebuilt or extended when next needed.
-    fn persist_index_as_writer(&self, index: &TensorIndex) -> Result<()> {
+    /// Brings the index file up to date when this engine is a writer that may still write. A
+    /// latched writer writes nothing, derived data included, and a failed write latches it like
+    /// any other (docs/format.md, commit protocol). While a write session holds the writer
+    /// state, the file is left as it is; it is extended or rebuilt when next needed.
+    fn persist_index_as_writer(&self, index: &mut TensorIndex) -> Result<()> {
         let Some(writer) = &self.writer else {
             return Ok(());
         };
@@ -520,24 +526,49 @@ impl Engine {
         if state.poisoned {
             return Ok(());
         }
-        let result = self.persist_index(index);
-        if result.is_err() {
-            state.poisoned = true;
+        let write = index.pending_write();
+        if write == IndexWrite::Nothing {
+            return Ok(());
         }
-        result
+        match self.persist_index(index, write) {
+            Ok(done) => {
+                index.written(&done);
+                Ok(())
+            }
+            Err(e) => {
+                state.poisoned = true;
+                Err(e)
+            }
+        }
     }
 
-    /// Writes the index beside the packs: a temporary file renamed over the old one. The index
-    /// is derived data, so it is not synced: a torn file fails its checksum and is rebuilt.
-    fn persist_index(&self, index: &TensorIndex) -> Result<()> {
-        let tmp = format!("{INDEX_FILE}.tmp");
+    /// Performs `write` on the index file beside the packs and returns what was written: a
+    /// record appended in place (when the file still ends where the index knows it ends; a
+    /// snapshot otherwise), or a snapshot written to a temporary file renamed over the old one.
+    /// The index is derived data, so nothing is synced: a torn snapshot fails its checksum and
+    /// is rebuilt, a torn record is dropped and its inserts are taken from the catalog again.
+    fn persist_index(&self, index: &TensorIndex, write: IndexWrite) -> Result<IndexWrite> {
         let io = |e| StorageError::io("writing the similarity index", e);
-        let bytes = index.encode();
+        if let IndexWrite::Append { offset, bytes } = &write {
+            // Opened for writing (`create`); a missing file is created empty, fails the length
+            // check, and is replaced by the snapshot below.
+            let file = self.backend.open(INDEX_FILE, true).map_err(io)?;
+            if file.len().map_err(io)? == *offset {
+                file.write_at(bytes, *offset).map_err(io)?;
+                return Ok(write);
+            }
+        }
+        let bytes = match write {
+            IndexWrite::Rewrite(bytes) => bytes,
+            _ => index.encode(),
+        };
+        let tmp = format!("{INDEX_FILE}.tmp");
         let file = self.backend.open(&tmp, true).map_err(io)?;
         file.set_len(0).map_err(io)?;
         file.write_at(&bytes, 0).map_err(io)?;
         drop(file);
-        self.backend.rename(&tmp, INDEX_FILE).map_err(io)
+        self.backend.rename(&tmp, INDEX_FILE).map_err(io)?;
+        Ok(IndexWrite::Rewrite(bytes))
     }
 
     /// Length of a pack file on disk.
@@ -1132,6 +1163,128 @@ mod tests {
         // The disk is healthy again, but the writer stays latched and writes nothing.
         assert!(engine.with_index(|i| i.len()).is_ok());
         assert!(disk.names().is_empty(), "{:?}", disk.names());
+    }
+
+    /// Commits `n` tensor objects with sketches (ids in commit order).
+    fn put_sketched(engine: &Engine, name: &str, n: usize, seed: usize) {
+        let mut s = engine.begin_write().unwrap();
+        let mut objects = Vec::new();
+        for i in 0..n {
+            let content: Vec<u8> = format!("{name}/{i}").into_bytes();
+            let location = s.append(&content).unwrap();
+            let sketch: Vec<f32> = (0..neurstore_core::sketch::SKETCH_DIM)
+                .map(|j| (((seed + i) * 31 + j) as f32 * 0.7).sin())
+                .collect();
+            objects.push(NewObject {
+                key: file_key(&content),
+                kind: ObjectKind::Tensor {
+                    dtype: neurstore_core::dtype::DType::F32,
+                },
+                shape: vec![content.len() as u64 / 4],
+                raw_len: content.len() as u64 / 4 * 4,
+                codec: Codec::Raw,
+                location,
+                checksum: checksum(&content),
+                base: None,
+                chain_depth: 0,
+                tolerance: None,
+                max_error: 0.0,
+                decoded_key: file_key(&content),
+                sketch: Some(sketch),
+            });
+        }
+        s.commit(|tx| {
+            let model = ModelRow {
+                id: 0,
+                name: name.into(),
+                created_unix: 0,
+                source_format: "test".into(),
+                metadata: "{}".into(),
+                raw_bytes: 0,
+                base_model: None,
+                mode: "lossless".into(),
+            };
+            let m = tx.insert_model(&model)?;
+            for (i, o) in objects.iter().enumerate() {
+                let id = tx.insert_object(o)?;
+                tx.insert_model_file(m, &format!("f{i}"), FileKind::Plain, id)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    /// The index file grows by appended records, which a reopened store replays to the index a
+    /// rebuild gives; a damaged record is dropped, its inserts are taken from the catalog
+    /// again, and the file is rewritten.
+    #[test]
+    fn the_index_file_grows_by_appending_and_survives_a_damaged_tail() {
+        use crate::fault::FaultBackend;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("s");
+        Engine::init(&root).unwrap();
+        let disk = FaultBackend::new();
+        let engine = fault_writer(&root, &disk);
+        put_sketched(&engine, "a", 40, 0);
+        engine.with_index(|i| assert_eq!(i.len(), 40)).unwrap();
+        let snapshot = disk.contents(INDEX_FILE).unwrap();
+        put_sketched(&engine, "b", 3, 100);
+        engine.with_index(|i| assert_eq!(i.len(), 43)).unwrap();
+        let appended = disk.contents(INDEX_FILE).unwrap();
+        assert!(appended.len() > snapshot.len());
+        assert_eq!(
+            &appended[..snapshot.len()],
+            &snapshot[..],
+            "appended, not rewritten"
+        );
+        put_sketched(&engine, "c", 2, 200);
+        engine.with_index(|_| ()).unwrap();
+        let twice = disk.contents(INDEX_FILE).unwrap();
+        assert_eq!(&twice[..appended.len()], &appended[..]);
+        let built = TensorIndex::build(
+            engine.read(|q| q.index_generation()).unwrap(),
+            &engine.read(|q| q.sketches_after(0)).unwrap(),
+        );
+        drop(engine);
+
+        // Reopened: the file replays to the rebuilt index, with no rebuild.
+        let engine = fault_writer(&root, &disk);
+        engine.with_index(|i| assert_eq!(i, &built)).unwrap();
+        assert_eq!(engine.index_rebuilds(), 0);
+        drop(engine);
+
+        // The last record damaged: dropped, extended from the catalog, the file rewritten.
+        let mut damaged = twice.clone();
+        let at = appended.len() + 20;
+        damaged[at] ^= 0x40;
+        disk.open(INDEX_FILE, false)
+            .unwrap()
+            .write_at(&damaged[at..at + 1], at as u64)
+            .unwrap();
+        let engine = fault_writer(&root, &disk);
+        engine.with_index(|i| assert_eq!(i, &built)).unwrap();
+        assert_eq!(engine.index_rebuilds(), 0, "extended, not rebuilt");
+        let rewritten = disk.contents(INDEX_FILE).unwrap();
+        assert_eq!(rewritten, built.encode());
+    }
+
+    /// The same on the local file system, whose files opened without `create` are read-only.
+    #[test]
+    fn the_index_file_is_appended_on_the_file_system() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("s");
+        Engine::init(&root).unwrap();
+        let engine = writer(&root);
+        put_sketched(&engine, "a", 30, 0);
+        engine.with_index(|_| ()).unwrap();
+        let path = root.join("packs").join(INDEX_FILE);
+        let snapshot = std::fs::read(&path).unwrap();
+        put_sketched(&engine, "b", 2, 50);
+        engine.with_index(|i| assert_eq!(i.len(), 32)).unwrap();
+        let appended = std::fs::read(&path).unwrap();
+        assert!(appended.len() > snapshot.len());
+        assert_eq!(&appended[..snapshot.len()], &snapshot[..]);
+        assert_eq!(TensorIndex::decode(&appended).unwrap().len(), 32);
     }
 
     #[test]

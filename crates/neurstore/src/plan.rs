@@ -306,6 +306,7 @@ pub(crate) fn plan_item(store: &Store, item: &Item, candidates: &[&ObjectRow]) -
         } else {
             tensor_key(dtype, &item.shape, &decoded)
         },
-        sketch: sketch::sketch(dtype, &decoded),
+        sketch: sketch::sketch(dtype, &decoded)
+            .filter(|_| sketch::worth_sketching(dtype, item.elements())),
     })
 }

@@ -323,7 +323,8 @@ impl Store {
                             candidates.insert(i, vec![row.id]);
                             false
                         }
-                        _ => true,
+                        // Tensors too small for a delta to pay are neither indexed nor searched.
+                        _ => sketch::worth_sketching(dtype, item.elements()),
                     }
                 })
                 .collect();

@@ -19,8 +19,10 @@ fn removing_bases_keeps_fine_tunes_readable_through_gc() {
     let ft2 = fine_tune(&base, 72, 0.01);
     let ft3 = fine_tune(&ft1, 73, 0.01);
     f.put("base", &base, &lossless());
-    f.put("ft1", &ft1, &lossless());
-    f.put("ft2", &ft2, &bounded(ABS));
+    // Paired by name, so tensors too small to be searched for a base are deltas too.
+    let on_base = |mode| options(mode, BaseChoice::Model("base".into()));
+    f.put("ft1", &ft1, &on_base(Mode::Lossless));
+    f.put("ft2", &ft2, &on_base(ABS));
     // A chain: ft3's deltas sit on ft1's, which sit on base's.
     let r3 = f.put("ft3", &ft3, &options(ABS, BaseChoice::Model("ft1".into())));
     assert!(r3.delta_tensors > 0);
@@ -162,7 +164,8 @@ fn a_damaged_base_fails_its_fine_tune_as_corrupt() {
         let packs = f.pack_files();
         assert_eq!(packs.len(), 1);
         let base_end = f.pack_files_len() as usize;
-        f.put("ft", &ft, &bounded(mode));
+        // Paired by name, so tensors too small to be searched for a base are deltas too.
+        f.put("ft", &ft, &options(mode, BaseChoice::Model("base".into())));
         let ft_end = f.pack_files_len() as usize;
         // ft depends on every object of base: deltas on its float tensors, the rest shared.
         let info = f.store.info("ft").unwrap();

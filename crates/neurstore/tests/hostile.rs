@@ -27,6 +27,7 @@ use neurstore::{BaseChoice, DType, ErrorKind, Mode, NoProgress, PutOptions, Stor
 use neurstore_core::codec::{delta, grouped, quantized};
 use neurstore_core::hnsw::{Hnsw, HnswParams};
 use neurstore_core::safetensors;
+use neurstore_core::sketch::{Packed, SKETCH_DIM};
 use neurstore_storage::index::TensorIndex;
 use reliability_fixture::{Model, Rng, build_store, copy_store, full_run, models, panic_message};
 
@@ -436,36 +437,39 @@ fn quantized_target() -> Target {
     }
 }
 
-fn hnsw_graph(n: usize, dim: usize, seed: u64) -> Hnsw {
+fn hnsw_graph(n: usize, scan_below: usize, seed: u64) -> Hnsw {
     let mut rng = Rng::new(seed);
-    let mut g = Hnsw::new(
-        dim,
-        HnswParams {
-            m: 4,
-            ef_construction: 16,
-            ef_search: 8,
-        },
-    );
+    let mut g = Hnsw::new(HnswParams {
+        m: 4,
+        ef_construction: 16,
+        ef_search: 8,
+        scan_below,
+    });
     for i in 0..n {
-        let v: Vec<f32> = (0..dim).map(|_| rng.normal() as f32).collect();
-        g.insert(i as u64 * 7 + 1, &v);
+        let v: Vec<f32> = (0..SKETCH_DIM).map(|_| rng.normal() as f32).collect();
+        g.insert(i as u64 * 7 + 1, &Packed::quantize(&v));
     }
     g
 }
 
 fn hnsw_target() -> Target {
-    let seeds = [(40, 8), (3, 4), (0, 8)]
+    // dim u32 @0, M @4, efConstruction @8, efSearch @12, scan_below @16, node count u64 @20,
+    // entry u32 @28, then the first node: id u64 @32, packed sketch @40 (offset, step, codes),
+    // and in a graph its top level u8 @176 and first link count u32 @177.
+    let seeds = [(40, 0), (3, 10), (0, 0), (12, 4)]
         .iter()
-        .map(|&(n, dim)| {
+        .map(|&(n, scan_below)| {
             Seed::new(
-                hnsw_graph(n, dim, n as u64).to_bytes(),
+                hnsw_graph(n, scan_below, n as u64).to_bytes(),
                 vec![
                     Field::U32(0),
                     Field::U32(4),
-                    Field::U64(16),
-                    Field::U32(24),
-                    Field::U64(28),
-                    Field::U32(28 + 9 + 4 * dim),
+                    Field::U32(16),
+                    Field::U64(20),
+                    Field::U32(28),
+                    Field::U64(32),
+                    Field::U32(44),
+                    Field::U32(177),
                 ],
             )
         })
@@ -489,7 +493,7 @@ fn reseal(bytes: &mut [u8]) {
 }
 
 fn index_target() -> Target {
-    let sk = |x: f32| vec![x; neurstore_core::sketch::SKETCH_DIM];
+    let sk = |x: f32| Packed::quantize(&[x; SKETCH_DIM]);
     let index = TensorIndex::build(
         9,
         &[
@@ -500,18 +504,21 @@ fn index_target() -> Target {
         ],
     );
     let bytes = index.encode();
-    // magic 8 | generation u64 @8 | last id @16 | bucket count u32 @24 | then the first bucket:
-    // name length u8 @28, name, element count u64, graph length u64, graph (dim u32, ...).
-    let name_len = bytes[28] as usize;
-    let elements = 29 + name_len;
+    // magic 8 | snapshot length u64 @8 | generation u64 @16 | last id @24 | bucket count u32
+    // @32 | then the first bucket: name length u8 @36, name, element count u64, graph length
+    // u64, graph (dim u32, ...).
+    let name_len = bytes[36] as usize;
+    let elements = 37 + name_len;
     let fields = vec![
         Field::U64(8),
         Field::U64(16),
-        Field::U32(24),
+        Field::U64(24),
+        Field::U32(32),
         Field::U64(elements),
         Field::U64(elements + 8),
         Field::U32(elements + 16),
-        Field::U64(elements + 32),
+        Field::U32(elements + 32),
+        Field::U64(elements + 36),
     ];
     Target {
         name: "index_file_parse",
@@ -851,15 +858,15 @@ fn codec_bombs<'a>() -> Vec<Bomb<'a>> {
         (
             "HNSW graph claiming 2^60 nodes",
             Box::new(|| {
-                let mut b = hnsw_graph(5, 8, 1).to_bytes();
-                b[16..24].copy_from_slice(&(1u64 << 60).to_le_bytes());
+                let mut b = hnsw_graph(5, 0, 1).to_bytes();
+                b[20..28].copy_from_slice(&(1u64 << 60).to_le_bytes());
                 expect_err(Hnsw::from_bytes(&b), "node count")
             }),
         ),
         (
             "HNSW graph of dimension 2^32-1",
             Box::new(|| {
-                let mut b = hnsw_graph(5, 8, 1).to_bytes();
+                let mut b = hnsw_graph(5, 0, 1).to_bytes();
                 b[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
                 expect_err(Hnsw::from_bytes(&b), "parameters")
             }),
@@ -867,9 +874,9 @@ fn codec_bombs<'a>() -> Vec<Bomb<'a>> {
         (
             "index file of 2^32-1 buckets",
             Box::new(|| {
-                let sk = vec![0.5f32; neurstore_core::sketch::SKETCH_DIM];
+                let sk = Packed::quantize(&[0.5; SKETCH_DIM]);
                 let mut b = TensorIndex::build(1, &[(1, DType::F32, 100, sk)]).encode();
-                b[24..28].copy_from_slice(&u32::MAX.to_le_bytes());
+                b[32..36].copy_from_slice(&u32::MAX.to_le_bytes());
                 reseal(&mut b);
                 expect_err(TensorIndex::decode(&b), "truncated")
             }),
@@ -877,9 +884,9 @@ fn codec_bombs<'a>() -> Vec<Bomb<'a>> {
         (
             "index file with a graph of 2^64-1 bytes",
             Box::new(|| {
-                let sk = vec![0.5f32; neurstore_core::sketch::SKETCH_DIM];
+                let sk = Packed::quantize(&[0.5; SKETCH_DIM]);
                 let mut b = TensorIndex::build(1, &[(1, DType::F32, 100, sk)]).encode();
-                b[40..48].copy_from_slice(&u64::MAX.to_le_bytes());
+                b[48..56].copy_from_slice(&u64::MAX.to_le_bytes());
                 reseal(&mut b);
                 expect_err(TensorIndex::decode(&b), "truncated")
             }),
@@ -887,10 +894,10 @@ fn codec_bombs<'a>() -> Vec<Bomb<'a>> {
         (
             "index file with a graph of 2^63 bytes",
             Box::new(|| {
-                let sk = vec![0.5f32; neurstore_core::sketch::SKETCH_DIM];
+                let sk = Packed::quantize(&[0.5; SKETCH_DIM]);
                 let mut b = TensorIndex::build(1, &[(1, DType::F32, 100, sk)]).encode();
-                // bucket: name length @28, "F32" @29..32, elements @32..40, graph length @40.
-                b[40..48].copy_from_slice(&(1u64 << 63).to_le_bytes());
+                // bucket: name length @36, "F32" @37..40, elements @40..48, graph length @48.
+                b[48..56].copy_from_slice(&(1u64 << 63).to_le_bytes());
                 reseal(&mut b);
                 expect_err(TensorIndex::decode(&b), "truncated")
             }),

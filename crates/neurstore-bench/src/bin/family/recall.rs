@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use neurstore_core::hnsw::{Hnsw, HnswParams};
 use neurstore_core::safetensors;
-use neurstore_core::sketch::{self, SKETCH_DIM};
+use neurstore_core::sketch::{self, Packed, SKETCH_DIM};
 use neurstore_storage::{Engine, EngineOptions};
 use serde::Serialize;
 
@@ -20,11 +20,12 @@ pub struct StoreRecall {
     pub model: String,
     /// Float tensors queried (those whose bucket is not empty).
     pub queries: u64,
-    /// Fraction whose HNSW top-1 is at the brute-force top-1 distance.
+    /// Fraction whose search top-1 is at the brute-force top-1 distance.
     pub recall_at_1: f64,
     /// Fraction whose brute-force top-1 is among HNSW's top 4 (what `put` re-ranks).
     pub recall_1_at_4: f64,
-    /// HNSW search, microseconds per query (k = 1).
+    /// `TensorIndex::search` (an exact scan in buckets below `scan_below`), microseconds per
+    /// query (k = 1).
     pub hnsw_us: f64,
     /// `TensorIndex::brute_force`, microseconds per query (k = 1).
     pub brute_us: f64,
@@ -107,7 +108,7 @@ pub struct ScalingPoint {
 }
 
 /// Clustered vectors: `n / 10` centres drawn from N(0, 1) per coordinate, ten members each at
-/// N(0, 0.01²) around it (a base and its fine-tunes), inserted round by round (every cluster's
+/// N(0, 0.01²) around it (a base and its fine-tunes), packed, inserted round by round (every cluster's
 /// first member, then every second one...: bases before fine-tunes). Queries: a random member
 /// plus N(0, 0.002²).
 pub fn scaling(sizes: &[usize], queries: usize, seed: u64) -> Vec<ScalingPoint> {
@@ -123,17 +124,26 @@ fn scaling_point(n: usize, queries: usize, seed: u64) -> ScalingPoint {
     let centres: Vec<f32> = (0..clusters * SKETCH_DIM)
         .map(|_| rng.normal() as f32)
         .collect();
-    let mut vectors = vec![0f32; n * SKETCH_DIM];
-    for (i, v) in vectors.chunks_exact_mut(SKETCH_DIM).enumerate() {
-        let c = &centres[(i % clusters) * SKETCH_DIM..][..SKETCH_DIM];
-        for (x, &m) in v.iter_mut().zip(c) {
-            *x = m + (0.01 * rng.normal()) as f32;
-        }
-    }
+    // Packed as the store keeps them; the exact scan runs over the same dequantized values.
+    let packed: Vec<Packed> = (0..n)
+        .map(|i| {
+            let c = &centres[(i % clusters) * SKETCH_DIM..][..SKETCH_DIM];
+            let v: Vec<f32> = c
+                .iter()
+                .map(|&m| m + (0.01 * rng.normal()) as f32)
+                .collect();
+            Packed::quantize(&v)
+        })
+        .collect();
+    let vectors: Vec<f32> = packed.iter().flat_map(Packed::values).collect();
     let started = Instant::now();
-    let mut graph = Hnsw::new(SKETCH_DIM, HnswParams::default());
-    for (i, v) in vectors.chunks_exact(SKETCH_DIM).enumerate() {
-        graph.insert(i as u64, v);
+    // Always a graph (no scan phase): this measures HNSW itself.
+    let mut graph = Hnsw::new(HnswParams {
+        scan_below: 0,
+        ..HnswParams::default()
+    });
+    for (i, p) in packed.iter().enumerate() {
+        graph.insert(i as u64, p);
     }
     let build_seconds = started.elapsed().as_secs_f64();
     let qs: Vec<Vec<f32>> = (0..queries)
