@@ -37,6 +37,7 @@ mod error;
 mod export;
 mod import;
 mod inspect;
+mod paths;
 mod plan;
 mod progress;
 mod put;
@@ -51,6 +52,7 @@ pub use inspect::{FileInfo, KindStats, ModelInfo, ModelSummary, Stats, TensorInf
 pub use neurstore_core::dtype::DType;
 pub use neurstore_core::kernel::{BaseMatrix, QuantMatrix};
 pub use neurstore_storage::{GcReport, RecoveryReport, StorageError};
+pub use paths::{MAX_STORED_PATH_BYTES, StoredPathError, validate_stored_path};
 pub use progress::{NoProgress, Progress};
 pub use put::{BaseChoice, Mode, PutOptions, PutReport, TensorInput, TensorReport};
 pub use resident::{ResidentModel, ResidentOptions, ResidentTensor, ResidentWeight, SharedBases};
