@@ -124,8 +124,10 @@ impl Store {
     }
 
     /// Writes model `name` to `out`: a safetensors file for a model imported from one, a
-    /// directory for a model imported from a directory. Output appears atomically (renamed into
-    /// place when complete); an existing file is replaced, an existing non-empty directory refused.
+    /// directory for a model imported from a directory. Output appears atomically (built in a
+    /// fresh private directory beside `out`, renamed into place when complete); an existing file
+    /// is replaced, an existing non-empty directory or a symbolic link refused. A stored path
+    /// that breaks [`crate::validate_stored_path`] is a `Corrupt` error naming it.
     pub fn get(&self, name: &str, out: &Path, progress: &dyn Progress) -> Result<GetReport> {
         self.with_retry(|| self.get_once(name, out, progress))
     }

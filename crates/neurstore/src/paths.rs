@@ -155,10 +155,11 @@ impl Staging {
         self.dir.join(CONTENT)
     }
 
-    /// Creates the directory output's root.
+    /// Creates the directory output's root (with the umask's permissions, as every directory
+    /// under it: the private staging directory around it keeps others out until the rename).
     pub(crate) fn create_root_dir(&self) -> Result<PathBuf> {
         let root = self.content();
-        private_dir(&root).map_err(|e| Error::io(&root, e))?;
+        std::fs::create_dir(&root).map_err(|e| Error::io(&root, e))?;
         Ok(root)
     }
 
@@ -187,7 +188,7 @@ impl Staging {
                     return Err(escape(model, rel, "a parent is not a directory"));
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    private_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+                    std::fs::create_dir(&dir).map_err(|e| Error::io(&dir, e))?;
                 }
                 Err(e) => return Err(Error::io(&dir, e)),
             }
@@ -327,6 +328,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let stage = Staging::beside(&out).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&stage.dir).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "staging is private");
+        }
         stage.create_root_dir().unwrap();
         let (mut f, _) = stage.create_file_under("m", "a/b/c.txt").unwrap();
         std::io::Write::write_all(&mut f, b"hi").unwrap();

@@ -303,3 +303,51 @@ fn check(tallies: &BTreeMap<Kind, Tally>) {
         "panics, known-failing kinds included"
     );
 }
+
+/// The same rule at put: a file whose path would break it is refused as invalid input, in a
+/// model directory and as a single file, so nothing stored can later be refused by `get`.
+#[test]
+fn put_refuses_paths_that_break_the_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    neurstore::Store::init(&root).unwrap();
+    let store = neurstore::Store::open_writer(&root).unwrap();
+    let model = Model::file("m", base_tensors(3), Mode::Lossless);
+    let bytes = model.file_bytes().remove(0).1;
+    for bad in ["con\\fig.json", "a\nb.json", "c:x.json", "x\u{7f}.json"] {
+        let input = dir.path().join(format!("in-{}", bad.len()));
+        let _ = std::fs::remove_dir_all(&input);
+        std::fs::create_dir_all(&input).unwrap();
+        std::fs::write(input.join("model.safetensors"), &bytes).unwrap();
+        std::fs::write(input.join(bad), b"{}").unwrap();
+        let err = store
+            .put(
+                "d",
+                &input,
+                &neurstore::PutOptions::default(),
+                &neurstore::NoProgress,
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            neurstore::ErrorKind::InvalidInput,
+            "{bad:?}: {err}"
+        );
+        let single = dir.path().join(format!("{bad}.safetensors"));
+        std::fs::write(&single, &bytes).unwrap();
+        let err = store
+            .put(
+                "s",
+                &single,
+                &neurstore::PutOptions::default(),
+                &neurstore::NoProgress,
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            neurstore::ErrorKind::InvalidInput,
+            "{bad:?}: {err}"
+        );
+    }
+    assert!(store.list().unwrap().is_empty());
+}
