@@ -49,6 +49,12 @@ use sandbox::{Outcome, Sandbox, run_user};
 /// when one of them stops failing, so that it is taken off the list).
 const KNOWN_FAILING: &[(Kind, &str)] = &[
     (
+        Kind::SymlinkInStore,
+        "the store's own files are opened through symbolic links: a link planted at LOCK, \
+         packs/index.hnsw.tmp or a pack makes the next writer truncate or write the file it \
+         names (the writer lock, the index file and pack appends)",
+    ),
+    (
         Kind::EmptyCatalog,
         "a 0-byte catalog.db is opened as a new, empty catalog (a reader's open migrates it), \
          so the writer's recovery removes every pack as an orphan",
@@ -83,7 +89,7 @@ const KNOWN_FAILING: &[(Kind, &str)] = &[
 ];
 
 /// Forged stores per kind: default and full run.
-const PER_KIND: (usize, usize) = (75, 750);
+const PER_KIND: (usize, usize) = (70, 700);
 /// Template stores (model contents seeded differently).
 const TEMPLATES: u64 = 4;
 

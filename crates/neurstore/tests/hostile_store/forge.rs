@@ -23,6 +23,10 @@ pub enum Kind {
     /// Symbolic links planted in the output directory: at `get`'s destination and at the
     /// temporary names it used to use, pointing at victim files and directories.
     SymlinkAtDestination,
+    /// Symbolic links planted among the store's own files, pointing at victims: `LOCK`, the
+    /// similarity index's temporary file, or the last pack (at a victim copy of it, or at a
+    /// victim file).
+    SymlinkInStore,
     /// `catalog.db` cut to 0 bytes.
     EmptyCatalog,
     /// `catalog.db` overwritten with zeros: whole, its first page, or a run of pages.
@@ -52,6 +56,7 @@ pub const KINDS: &[Kind] = &[
     Kind::AbsolutePath,
     Kind::MalformedPath,
     Kind::SymlinkAtDestination,
+    Kind::SymlinkInStore,
     Kind::EmptyCatalog,
     Kind::ZeroedCatalog,
     Kind::TruncatedCatalog,
@@ -96,6 +101,7 @@ pub fn forge(kind: Kind, sb: &Sandbox, t: &Template, all: &[Template], rng: &mut
             forge_path(sb, t, &path, rng, &mut f);
         }
         Kind::SymlinkAtDestination => plant_links(sb, t, rng, &mut f),
+        Kind::SymlinkInStore => plant_store_links(sb, rng, &mut f),
         Kind::EmptyCatalog => {
             cut(&catalog(sb), 0);
             f.detail = "catalog.db cut to 0 bytes".into();
@@ -315,6 +321,35 @@ fn plant_links(sb: &Sandbox, t: &Template, rng: &mut Rng, f: &mut Forgery) {
         }
     }
     f.detail = format!("links planted for {}: {planted:?}", m.name);
+}
+
+/// Replaces one of the store's own files by a symbolic link to a victim outside it (what a
+/// co-user with write access to a shared store could do to the next writer).
+fn plant_store_links(sb: &Sandbox, rng: &mut Rng, f: &mut Forgery) {
+    let victim = sb.root.join(pick(&VICTIM_LEVELS, rng)).join("victim.txt");
+    let mut packs: Vec<String> = std::fs::read_dir(sb.store.join("packs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".pack"))
+        .collect();
+    packs.sort();
+    let last = sb.store.join("packs").join(packs.last().unwrap());
+    let (at, target) = match rng.below(4) {
+        0 => (sb.store.join("LOCK"), victim),
+        1 => (sb.store.join("packs/index.hnsw.tmp"), victim),
+        2 => {
+            // The pack moved out of the store, a link left in its place: reads still work.
+            let moved = sb.root.join("moved.pack");
+            std::fs::copy(&last, &moved).unwrap();
+            (last, moved)
+        }
+        _ => (last, victim),
+    };
+    let _ = std::fs::remove_file(&at);
+    std::os::unix::fs::symlink(&target, &at).unwrap();
+    let rel = |p: &Path| p.strip_prefix(&sb.root).unwrap().display().to_string();
+    f.detail = format!("{} linked to {}", rel(&at), rel(&target));
 }
 
 fn zero_catalog(sb: &Sandbox, rng: &mut Rng, f: &mut Forgery) {
