@@ -392,8 +392,9 @@ fn truncate_pack(sb: &Sandbox, rng: &mut Rng, f: &mut Forgery) {
     f.detail = format!("{name} cut from {len} to {at} B");
 }
 
-/// (model name, object id, kind, dtype, shape, raw_len) of every row of every model: tensor
-/// rows (kind 0) and file rows (kind 1).
+/// Every tensor and file row of every model: (model name, row key: `path#position` for a
+/// tensor row, the path for a file row, object id, object kind (0 tensor, 1 file), dtype,
+/// shape, raw length).
 type RowRef = (
     String,
     String,
