@@ -21,6 +21,7 @@ use neurstore_core::key::TensorKeyHasher;
 use crate::Store;
 use crate::decode::{Fill, StreamBase, TensorData, check_key, release, release_range};
 use crate::error::{Error, Result};
+use crate::paths::{Staging, check_row_path};
 use crate::progress::Progress;
 
 /// Raw bytes of small tensors decoded at once before they are written (`get` holds two such
@@ -80,6 +81,8 @@ impl Store {
                 .ok_or_else(|| StorageError::ModelNotFound(name.to_string()))?;
             let files = q.model_files(model.id)?;
             let tensors = q.model_tensors(model.id)?;
+            // Before the manifest: a forger can recompute that, and the error names the path.
+            check_paths(&model.name, &files, &tensors)?;
             q.check_manifest(&model, &files, &tensors)?;
             Ok(Snapshot {
                 files,
@@ -103,8 +106,10 @@ impl Store {
     }
 
     /// Writes model `name` to `out`: a safetensors file for a model imported from one, a
-    /// directory for a model imported from a directory. Output appears atomically (renamed into
-    /// place when complete); an existing file is replaced, an existing non-empty directory refused.
+    /// directory for a model imported from a directory. Output appears atomically (built in a
+    /// fresh private directory beside `out`, renamed into place when complete); an existing file
+    /// is replaced, an existing non-empty directory or a symbolic link refused. A stored path
+    /// that breaks [`crate::validate_stored_path`] is a `Corrupt` error naming it.
     pub fn get(&self, name: &str, out: &Path, progress: &dyn Progress) -> Result<GetReport> {
         self.with_retry(|| self.get_once(name, out, progress))
     }
@@ -117,33 +122,26 @@ impl Store {
         });
         progress.start("writing", total);
         let mut bytes_written = 0;
-        let tmp = temp_sibling(out)?;
-        let result = (|| {
-            if snap.model.source_format == "safetensors" {
-                let [file] = snap.files.as_slice() else {
-                    return Err(StorageError::corrupt(
-                        format!("model {name:?}"),
-                        "a single-file model has several files",
-                    )
-                    .into());
-                };
-                bytes_written += self.write_file(&snap, file, &tmp, progress)?;
-            } else {
-                std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-                for file in &snap.files {
-                    let dest = tmp.join(&file.path);
-                    if let Some(parent) = dest.parent() {
-                        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-                    }
-                    bytes_written += self.write_file(&snap, file, &dest, progress)?;
-                }
+        // Every file is created inside a fresh private directory, then moved into place.
+        let staging = Staging::beside(out)?;
+        if snap.model.source_format == "safetensors" {
+            let [file] = snap.files.as_slice() else {
+                return Err(StorageError::corrupt(
+                    format!("model {name:?}"),
+                    "a single-file model has several files",
+                )
+                .into());
+            };
+            let (handle, dest) = staging.create_file()?;
+            bytes_written += self.write_file(&snap, file, handle, &dest, progress)?;
+        } else {
+            staging.create_root_dir()?;
+            for file in &snap.files {
+                let (handle, dest) = staging.create_file_under(name, &file.path)?;
+                bytes_written += self.write_file(&snap, file, handle, &dest, progress)?;
             }
-            replace(&tmp, out)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_dir_all(&tmp).or_else(|_| std::fs::remove_file(&tmp));
         }
-        result?;
+        staging.finish(out)?;
         progress.finish();
         Ok(GetReport {
             name: name.to_string(),
@@ -157,12 +155,12 @@ impl Store {
         &self,
         snap: &Snapshot,
         file: &FileRow,
+        handle: File,
         dest: &Path,
         progress: &dyn Progress,
     ) -> Result<u64> {
         let what = format!("model {:?} file {:?}", snap.model.name, file.path);
         let head = self.decode_object_with(&file.object, &what, Fill::No)?;
-        let handle = File::create(dest).map_err(|e| Error::io(dest, e))?;
         let mut w = BufWriter::with_capacity(1 << 20, handle);
         let io = |e| Error::io(dest, e);
         let mut written = 0u64;
@@ -497,6 +495,19 @@ impl Store {
     }
 }
 
+/// Checks every file and tensor path of a model against the stored-path rule: nothing read
+/// from a store is trusted to name a place.
+fn check_paths(model: &str, files: &[FileRow], tensors: &[TensorRow]) -> Result<(), StorageError> {
+    let paths = files
+        .iter()
+        .map(|f| &f.path)
+        .chain(tensors.iter().map(|t| &t.path));
+    for path in paths {
+        check_row_path(model, path)?;
+    }
+    Ok(())
+}
+
 /// Checks that a stored header describes exactly the tensors the catalog lists, in order.
 pub(crate) fn check_header(head: &[u8], tensors: &[&TensorRow], what: &str) -> Result<()> {
     let file_len = tensors
@@ -612,32 +623,3 @@ impl BaseReader<'_> {
     }
 }
 
-/// A temporary path beside `out`, in the same directory so the final rename is atomic.
-fn temp_sibling(out: &Path) -> Result<PathBuf> {
-    let file_name = out
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| Error::invalid(out, "output path has no file name"))?;
-    Ok(out.with_file_name(format!(
-        ".{file_name}.neurstore-partial-{}",
-        std::process::id()
-    )))
-}
-
-/// Moves `tmp` to `out`: replaces a file, fills an empty directory, refuses a non-empty one.
-fn replace(tmp: &Path, out: &Path) -> Result<()> {
-    if out.is_dir() {
-        let empty = std::fs::read_dir(out)
-            .map_err(|e| Error::io(out, e))?
-            .next()
-            .is_none();
-        if !empty || tmp.is_file() {
-            return Err(Error::invalid(
-                out,
-                "is a non-empty directory (or a directory where a file is due); choose another output path",
-            ));
-        }
-        std::fs::remove_dir(out).map_err(|e| Error::io(out, e))?;
-    }
-    std::fs::rename(tmp, out).map_err(|e| Error::io(out, e))
-}

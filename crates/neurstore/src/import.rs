@@ -79,6 +79,8 @@ pub fn read_source(path: &Path) -> Result<SourceModel> {
             .file_name()
             .and_then(|n| n.to_str())
             .ok_or_else(|| Error::invalid(path, "file name is not valid UTF-8"))?;
+        crate::paths::validate_stored_path(name)
+            .map_err(|e| Error::invalid(path, format!("cannot be stored under its name: {e}")))?;
         let file = read_file(path, name.to_string(), true)?;
         Ok(SourceModel {
             format: "safetensors",
@@ -178,7 +180,10 @@ fn relative_path(root: &Path, path: &Path) -> Result<String> {
             _ => return Err(Error::invalid(path, "unexpected path component")),
         }
     }
-    Ok(parts.join("/"))
+    let rel = parts.join("/");
+    crate::paths::validate_stored_path(&rel)
+        .map_err(|e| Error::invalid(path, format!("cannot be stored under its path: {e}")))?;
+    Ok(rel)
 }
 
 /// Checks a `*.safetensors.index.json`: every tensor it maps exists in the shard it names, and
