@@ -7,7 +7,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -75,17 +75,32 @@ struct FsFile(File);
 
 impl Backend for FsBackend {
     fn open(&self, name: &str, create: bool) -> io::Result<Arc<dyn StorageFile>> {
+        // Never through a symbolic link: a link planted in the store must not make a writer
+        // truncate or overwrite the file it points at.
         let file = OpenOptions::new()
             .read(true)
             .write(create)
             .create(create)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(self.dir.join(name))
             .or_else(|e| {
                 // Readers open pack files read-only; writers need write access.
-                if create {
+                if create || e.raw_os_error() == Some(libc::ELOOP) {
                     Err(e)
                 } else {
-                    File::open(self.dir.join(name))
+                    OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(self.dir.join(name))
+                }
+            })
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    io::Error::other(format!(
+                        "{name} is a symbolic link, which a store never holds"
+                    ))
+                } else {
+                    e
                 }
             })?;
         Ok(Arc::new(FsFile(file)))

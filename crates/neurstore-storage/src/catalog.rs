@@ -566,6 +566,21 @@ pub trait Queries {
             .collect()
     }
 
+    /// Where a model's manifest record lies (format 2), as the catalog says.
+    fn model_record_location(&self, model_id: i64) -> Result<Option<BlobLocation>> {
+        let (p, o, l): (Option<i64>, Option<i64>, Option<i64>) = self.conn().query_row(
+            "SELECT record_pack, record_offset, record_len FROM models WHERE model_id = ?1",
+            [model_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        match (p, o, l) {
+            (Some(p), Some(o), Some(l)) => {
+                Ok(Some(location(p, o, l, &format!("model {model_id}"))?))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Every tombstone record: (seq, model name, location).
     fn tombstones(&self) -> Result<Vec<(u64, String, BlobLocation)>> {
         let mut stmt = self.conn().prepare(

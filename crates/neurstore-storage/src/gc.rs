@@ -54,6 +54,11 @@ impl Engine {
                 q.tombstones()?,
             ))
         })?;
+        // Every row must name its own record before anything is dropped: a row naming another
+        // object's record would leave the object's own record looking dead.
+        for o in &objects {
+            self.check_present(o, &format!("object {}", o.id))?;
+        }
         let mut live: BTreeMap<u64, Vec<(u64, u64, Live)>> = BTreeMap::new();
         for o in &objects {
             let (at, len) = object_extent(o)
@@ -123,7 +128,11 @@ impl Engine {
         let mut moved = Vec::new();
         for id in &doomed {
             for (at, len, what) in live.get(id).into_iter().flatten() {
-                let to = self.copy_record(&mut session, *id, *at, *len)?;
+                let expect = match what {
+                    Live::Object(o) => Some(o.meta().encode()),
+                    _ => None,
+                };
+                let to = self.copy_record(&mut session, *id, *at, *len, expect.as_deref())?;
                 moved.push((what, to));
                 report.bytes_moved += len;
                 progress(report.bytes_moved, total);
@@ -232,6 +241,7 @@ impl Engine {
         pack_id: u64,
         at: u64,
         len: u64,
+        object_meta: Option<&[u8]>,
     ) -> Result<BlobLocation> {
         let what = format!("the record at pack {pack_id} offset {at}");
         let bytes = self.reader.read(
@@ -253,6 +263,14 @@ impl Engine {
         if record_checksum(&bytes[..h], meta, payload)[..] != bytes[stop..] {
             return Err(StorageError::corrupt(&what, "checksum mismatch"));
         }
+        // A row naming another object's record would make gc keep the wrong bytes and drop
+        // the object's own: refuse to collect a store whose rows and records disagree.
+        if object_meta.is_some_and(|m| m != meta) {
+            return Err(StorageError::corrupt(
+                &what,
+                "the catalog row naming it describes another object; nothing was collected (run `neurstore verify`)",
+            ));
+        }
         let mut to = session.copy_record(&header, meta, payload)?;
         if header.kind == crate::record::RecordType::Object {
             to.len = header.payload_len;
@@ -261,30 +279,38 @@ impl Engine {
         Ok(to)
     }
 
-    /// Checks model `m`'s manifest record (format 2): intact, and saying what the catalog's rows
-    /// say, so that a catalog rebuilt from the packs would rebuild this model as it is.
-    pub fn check_model_record(&self, m: &ModelRow) -> Result<()> {
+    /// Checks model `m`'s manifest record (format 2) against its rows as read (`files`,
+    /// `tensors`, `at` = the record's location from the same snapshot): intact, and saying what
+    /// the rows say. The record is in the packs, out of the catalog's reach: rows that were
+    /// moved or forged in the catalog, its manifest digest recomputed or removed included,
+    /// disagree with it. It also makes sure a catalog rebuilt from the packs brings the model
+    /// back as it reads now.
+    pub fn check_model_record(
+        &self,
+        m: &ModelRow,
+        files: &[crate::catalog::FileRow],
+        tensors: &[crate::catalog::TensorRow],
+        at: Option<BlobLocation>,
+    ) -> Result<()> {
         if self.format_version() == 1 {
             return Ok(());
         }
-        let what = format!("the manifest record of model {:?}", m.name);
-        let records = self.read(|q| q.model_records())?;
-        let at = records
-            .iter()
-            .find(|r| r.0 == m.id)
-            .and_then(|r| r.2)
-            .ok_or_else(|| StorageError::corrupt(&what, "the catalog names none"))?;
+        let what = format!("model {:?}", m.name);
+        let at = at.ok_or_else(|| {
+            StorageError::corrupt(&what, "the catalog names no manifest record for it")
+        })?;
         let bytes = self.reader.read(at, &what)?;
         let header = RecordHeader::decode(&bytes)
             .filter(|h| {
                 h.kind == crate::record::RecordType::Model
+                    && h.meta_len == 0
                     && h.end(at.offset) == Some(at.offset + at.len)
             })
             .ok_or_else(|| {
                 StorageError::corrupt(
                     &what,
                     format!(
-                        "no model record at pack {} offset {}",
+                        "no manifest record at pack {} offset {}",
                         at.pack_id, at.offset
                     ),
                 )
@@ -292,14 +318,17 @@ impl Engine {
         let h = crate::record::RECORD_HEADER_LEN as usize;
         let stop = h + header.payload_len as usize;
         if record_checksum(&bytes[..h], &[], &bytes[h..stop])[..] != bytes[stop..] {
-            return Err(StorageError::corrupt(&what, "checksum mismatch"));
+            return Err(StorageError::corrupt(
+                &what,
+                "its manifest record fails its checksum",
+            ));
         }
         let found =
             ModelRecord::decode(&bytes[h..stop]).map_err(|e| StorageError::corrupt(&what, e))?;
-        if found != self.model_record(m, found.seq)? {
+        if found != model_record_of(m, files, tensors, found.seq) {
             return Err(StorageError::corrupt(
                 &what,
-                "it disagrees with the catalog's rows",
+                "its rows in the catalog disagree with the manifest record in the packs",
             ));
         }
         Ok(())
@@ -387,30 +416,40 @@ impl Engine {
     /// A model's manifest record, from its catalog rows.
     pub(crate) fn model_record(&self, m: &ModelRow, seq: u64) -> Result<ModelRecord> {
         let (files, tensors) = self.read(|q| Ok((q.model_files(m.id)?, q.model_tensors(m.id)?)))?;
-        Ok(ModelRecord {
-            seq,
-            name: m.name.clone(),
-            created_unix: m.created_unix,
-            source_format: m.source_format.clone(),
-            metadata: m.metadata.clone(),
-            raw_bytes: m.raw_bytes,
-            base_model: m.base_model.clone(),
-            mode: m.mode.clone(),
-            files: files
-                .iter()
-                .map(|f| (f.path.clone(), f.kind.tag(), f.object.key))
-                .collect(),
-            tensors: tensors
-                .iter()
-                .map(|t| {
-                    (
-                        t.path.clone(),
-                        t.position as u64,
-                        t.name.clone(),
-                        t.object.key,
-                    )
-                })
-                .collect(),
-        })
+        Ok(model_record_of(m, &files, &tensors, seq))
+    }
+}
+
+/// A model's manifest record, from its rows.
+fn model_record_of(
+    m: &ModelRow,
+    files: &[crate::catalog::FileRow],
+    tensors: &[crate::catalog::TensorRow],
+    seq: u64,
+) -> ModelRecord {
+    ModelRecord {
+        seq,
+        name: m.name.clone(),
+        created_unix: m.created_unix,
+        source_format: m.source_format.clone(),
+        metadata: m.metadata.clone(),
+        raw_bytes: m.raw_bytes,
+        base_model: m.base_model.clone(),
+        mode: m.mode.clone(),
+        files: files
+            .iter()
+            .map(|f| (f.path.clone(), f.kind.tag(), f.object.key))
+            .collect(),
+        tensors: tensors
+            .iter()
+            .map(|t| {
+                (
+                    t.path.clone(),
+                    t.position as u64,
+                    t.name.clone(),
+                    t.object.key,
+                )
+            })
+            .collect(),
     }
 }

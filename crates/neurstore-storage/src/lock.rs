@@ -3,6 +3,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::error::{Result, StorageError};
@@ -16,11 +17,14 @@ impl WriterLock {
     /// Takes the lock of the store at `dir`, or reports who holds it.
     pub fn acquire(dir: &Path) -> Result<Self> {
         let path = dir.join("LOCK");
+        // Never through a symbolic link (a link planted at LOCK must not make the writer
+        // overwrite the file it points at).
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(|e| StorageError::io(path.display().to_string(), e))?;
         match file.try_lock() {

@@ -65,6 +65,7 @@ impl Engine {
             };
             let file = self.backend.open(name, true).map_err(io(name.clone()))?;
             let len = file.len().map_err(io(name.clone()))?;
+            self.check_pack_header(&*file, id, len)?;
             if len > committed {
                 self.check_tail(id, committed, len, next_seq, &known)?;
                 cuts.push((file, committed, len));
@@ -153,6 +154,32 @@ impl Engine {
             at = end;
         }
         Ok(())
+    }
+
+    /// Errs unless a pack's header names this store and this pack: a catalog of another store
+    /// (or packs copied in from one) must not make the writer cut or overwrite them.
+    fn check_pack_header(
+        &self,
+        file: &dyn crate::backend::StorageFile,
+        id: u64,
+        len: u64,
+    ) -> Result<()> {
+        if len < crate::record::PACK_HEADER_LEN {
+            return Ok(());
+        }
+        let mut head = [0u8; crate::record::PACK_HEADER_LEN as usize];
+        file.read_at(&mut head, 0)
+            .map_err(|e| StorageError::io(format!("pack {id}"), e))?;
+        let ours = *self.store_id.lock().unwrap_or_else(|e| e.into_inner());
+        match crate::record::decode_pack_header(&head) {
+            Some((store, pack)) if store == ours && pack == id => Ok(()),
+            Some(_) => Err(StorageError::CatalogBehind {
+                detail: format!("pack {id} belongs to another store than the catalog"),
+            }),
+            None => Err(StorageError::CatalogBehind {
+                detail: format!("pack {id} does not start with a pack header"),
+            }),
+        }
     }
 
     /// Removes the files of doomed packs, then their rows.

@@ -75,7 +75,7 @@ impl Snapshot {
 
 impl Store {
     pub(crate) fn snapshot(&self, name: &str) -> Result<Snapshot> {
-        Ok(self.engine.read(|q| {
+        let (snapshot, record) = self.engine.read(|q| {
             let model = q
                 .model(name)?
                 .ok_or_else(|| StorageError::ModelNotFound(name.to_string()))?;
@@ -84,12 +84,22 @@ impl Store {
             // Before the manifest: a forger can recompute that, and the error names the path.
             check_paths(&model.name, &files, &tensors)?;
             q.check_manifest(&model, &files, &tensors)?;
-            Ok(Snapshot {
+            let record = q.model_record_location(model.id)?;
+            let snapshot = Snapshot {
                 files,
                 tensors,
                 model,
-            })
-        })?)
+            };
+            Ok((snapshot, record))
+        })?;
+        // The manifest record in the packs, which the catalog cannot rewrite, says the same.
+        self.engine.check_model_record(
+            &snapshot.model,
+            &snapshot.files,
+            &snapshot.tensors,
+            record,
+        )?;
+        Ok(snapshot)
     }
 
     /// Runs `f`, retrying when a concurrent garbage collection removed a pack it was about to read.
@@ -622,4 +632,3 @@ impl BaseReader<'_> {
         }
     }
 }
-

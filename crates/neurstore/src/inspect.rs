@@ -356,17 +356,17 @@ impl Store {
             .collect();
         problems.extend(object_problems);
         for m in &models {
-            if let Err(e) = self.engine.check_model_record(m) {
-                problems.push(e.to_string());
-            }
             // Decoding every header checks it against the catalog's tensors.
             let snapshot_check = self.engine.read(|q| {
                 let (files, tensors) = (q.model_files(m.id)?, q.model_tensors(m.id)?);
                 q.check_manifest(m, &files, &tensors)?;
-                Ok((files, tensors))
+                Ok((files, tensors, q.model_record_location(m.id)?))
             });
             match snapshot_check {
-                Ok((files, tensors)) => {
+                Ok((files, tensors, record)) => {
+                    if let Err(e) = self.engine.check_model_record(m, &files, &tensors, record) {
+                        problems.push(e.to_string());
+                    }
                     for f in files
                         .iter()
                         .filter(|f| f.kind == neurstore_storage::catalog::FileKind::Safetensors)

@@ -46,47 +46,11 @@ use reliability_fixture::{
 use sandbox::{Outcome, Sandbox, run_user};
 
 /// Kinds that still break a promise, each with the reason, until the fix lands (the test fails
-/// when one of them stops failing, so that it is taken off the list).
-const KNOWN_FAILING: &[(Kind, &str)] = &[
-    (
-        Kind::SymlinkInStore,
-        "the store's own files are opened through symbolic links: a link planted at LOCK, \
-         packs/index.hnsw.tmp or a pack makes the next writer truncate or write the file it \
-         names (the writer lock, the index file and pack appends)",
-    ),
-    (
-        Kind::EmptyCatalog,
-        "a 0-byte catalog.db is opened as a new, empty catalog (a reader's open migrates it), \
-         so the writer's recovery removes every pack as an orphan",
-    ),
-    (
-        Kind::SwappedCatalog,
-        "recovery trusts the pack list and committed lengths of whatever catalog.db it finds: \
-         an older or foreign one makes it cut packs, remove packs it does not know, and the \
-         writer then appends over live bytes",
-    ),
-    (
-        Kind::ForeignRowNoManifest,
-        "a model without a manifest (as written before schema 2) is read unchecked: removing \
-         the manifest lets rows point at other models' objects, served as the model's bytes",
-    ),
-    (
-        Kind::RecomputedManifest,
-        "anyone can recompute a manifest: a forged but consistent catalog is served as the \
-         model; only a digest kept outside the store can tell",
-    ),
-    (
-        Kind::ForeignBlob,
-        "a standalone (raw or grouped) object is not checked against its content key after \
-         decoding, so another object's blob is served; gc then takes the object's own blob \
-         for dead and removes its pack",
-    ),
-    (
-        Kind::ResealedBlob,
-        "a blob changed with its checksum recomputed is served: standalone objects are not \
-         checked against their content key after decoding",
-    ),
-];
+/// when one of them stops failing, so that it is taken off the list). Empty since store format
+/// 2: records in the packs seal what the catalog says, so a forged catalog (a recomputed
+/// manifest included) disagrees with them, and a recovery or gc that would act on a catalog
+/// the packs contradict refuses to.
+const KNOWN_FAILING: &[(Kind, &str)] = &[];
 
 /// Forged stores per kind: default and full run.
 const PER_KIND: (usize, usize) = (70, 700);
