@@ -66,7 +66,7 @@ pub fn parse(file: &[u8]) -> Result<OnnxModel> {
                 return Err(corrupt(FORMAT, "ModelProto", "more than one graph"));
             }
             saw_graph = true;
-            walk.graph(file, start, end, 0)?;
+            walk.graph(file, (start, end), 0, "")?;
         }
     }
     if !saw_graph {
@@ -103,7 +103,13 @@ struct Proto {
 }
 
 impl Walk {
-    fn graph(&mut self, buf: &[u8], start: usize, end: usize, depth: u32) -> Result<()> {
+    fn graph(
+        &mut self,
+        buf: &[u8],
+        (start, end): (usize, usize),
+        depth: u32,
+        scope: &str,
+    ) -> Result<()> {
         if depth > MAX_GRAPH_DEPTH {
             return Err(corrupt(
                 FORMAT,
@@ -114,10 +120,10 @@ impl Walk {
         for field in Fields::new(buf, start, end) {
             let field = field?;
             match (field.number, field.value) {
-                (1, Value::Bytes { start, end }) => self.node(buf, start, end, depth)?,
+                (1, Value::Bytes { start, end }) => self.node(buf, (start, end), depth, scope)?,
                 (5, Value::Bytes { start, end }) => {
                     let proto = tensor_proto(buf, start, end)?;
-                    let name = proto.name.clone();
+                    let name = self.scoped(&proto.name, scope);
                     self.add(proto, name)?;
                 }
                 _ => {}
@@ -126,8 +132,25 @@ impl Walk {
         Ok(())
     }
 
-    fn node(&mut self, buf: &[u8], start: usize, end: usize, depth: u32) -> Result<()> {
+    /// A subgraph's tensor keeps its own name unless an outer one took it (the two branches of
+    /// an `If` often hold initializers of the same name): then it is prefixed by its scope.
+    fn scoped(&self, name: &str, scope: &str) -> String {
+        if name.is_empty() || !self.names.contains(name) {
+            name.to_string()
+        } else {
+            format!("{scope}{name}")
+        }
+    }
+
+    fn node(
+        &mut self,
+        buf: &[u8],
+        (start, end): (usize, usize),
+        depth: u32,
+        scope: &str,
+    ) -> Result<()> {
         self.nodes += 1;
+        let mut node_name = None;
         let mut first_output = None;
         let mut attributes = Vec::new();
         for field in Fields::new(buf, start, end) {
@@ -136,18 +159,20 @@ impl Walk {
                 (2, Value::Bytes { start, end }) if first_output.is_none() => {
                     first_output = Some(wire::string(buf, start, end)?);
                 }
+                (3, Value::Bytes { start, end }) => {
+                    node_name = Some(wire::string(buf, start, end)?)
+                }
                 (5, Value::Bytes { start, end }) => attributes.push((start, end)),
                 _ => {}
             }
         }
-        for (start, end) in attributes {
-            self.attribute(
-                buf,
-                start,
-                end,
-                depth,
-                first_output.as_deref().unwrap_or(""),
-            )?;
+        let output = first_output.unwrap_or_default();
+        let label = node_name
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| output.clone());
+        let node_scope = format!("{scope}{label}/");
+        for range in attributes {
+            self.attribute(buf, range, depth, &output, &node_scope)?;
         }
         Ok(())
     }
@@ -155,10 +180,10 @@ impl Walk {
     fn attribute(
         &mut self,
         buf: &[u8],
-        start: usize,
-        end: usize,
+        (start, end): (usize, usize),
         depth: u32,
         output: &str,
+        node_scope: &str,
     ) -> Result<()> {
         let mut protos = Vec::new();
         let mut attr_name = String::new();
@@ -169,7 +194,10 @@ impl Walk {
                 (5 | 10, Value::Bytes { start, end }) => {
                     protos.push(tensor_proto(buf, start, end)?)
                 }
-                (6 | 11, Value::Bytes { start, end }) => self.graph(buf, start, end, depth + 1)?,
+                (6 | 11, Value::Bytes { start, end }) => {
+                    let scope = format!("{node_scope}{attr_name}/");
+                    self.graph(buf, (start, end), depth + 1, &scope)?;
+                }
                 _ => {}
             }
         }
@@ -177,7 +205,7 @@ impl Walk {
         for (i, proto) in protos.into_iter().enumerate() {
             // A Constant's value is usually unnamed: it takes the node's output name.
             let name = match (proto.name.is_empty(), many) {
-                (false, _) => proto.name.clone(),
+                (false, _) => self.scoped(&proto.name, node_scope),
                 (true, false) if !output.is_empty() => output.to_string(),
                 (true, _) => format!("{output}/{attr_name}/{i}"),
             };

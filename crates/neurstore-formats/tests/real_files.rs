@@ -1,0 +1,129 @@
+//! Every real model file under data/formats (fetched by scripts/fetch-formats.sh) is split and
+//! reassembled byte for byte, and legacy PyTorch checkpoints are refused with a conversion hint.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use neurstore_formats::{Error, Summary, skeleton};
+
+fn data_dir() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/formats");
+    dir.is_dir().then_some(dir)
+}
+
+fn model_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if matches!(
+                ext(&p).as_str(),
+                "onnx" | "pth" | "pt" | "bin" | "gguf" | "safetensors"
+            ) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn ext(p: &Path) -> String {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+#[test]
+fn real_files_round_trip_byte_for_byte() {
+    let Some(dir) = data_dir() else {
+        println!(
+            "SKIPPED: data/formats is missing; run scripts/fetch-formats.sh to test real files"
+        );
+        return;
+    };
+    let mut by_format = std::collections::BTreeMap::<String, usize>::new();
+    for path in model_files(&dir) {
+        let file = std::fs::read(&path).unwrap();
+        let name = path.strip_prefix(&dir).unwrap().display().to_string();
+        let parsed = match neurstore_formats::parse(&file, Some(&ext(&path))) {
+            Ok(p) => p,
+            Err(Error::Refused { reason, .. }) if reason.contains("legacy") => {
+                println!("{name}: refused as legacy PyTorch");
+                *by_format
+                    .entry("legacy PyTorch (refused)".into())
+                    .or_default() += 1;
+                continue;
+            }
+            Err(e) => panic!("{name}: {e}"),
+        };
+        let c = &parsed.container;
+        let sk = c.skeleton_bytes(&file).unwrap();
+        let parts: Vec<&[u8]> = c
+            .tensors
+            .iter()
+            .map(|t| &file[t.start as usize..t.end as usize])
+            .collect();
+        let back = skeleton::reassemble_to_vec(&sk, &parts).unwrap();
+        assert!(back == file, "{name}: reassembly differs");
+        assert_eq!(&skeleton::decode(&sk).unwrap().layout, c);
+        assert!(!c.tensors.is_empty(), "{name}: no tensors found");
+        let tensor_bytes: u64 = c.tensors.iter().map(|t| t.byte_len()).sum();
+        println!(
+            "{name}: {} ({} tensor ranges, {} model tensors) tensors {:.2}% of {} bytes, skeleton {} bytes",
+            c.format.name(),
+            c.tensors.len(),
+            c.logical_tensors().len(),
+            100.0 * tensor_bytes as f64 / file.len() as f64,
+            file.len(),
+            sk.len()
+        );
+        if let Summary::Onnx(info) = &parsed.summary {
+            println!(
+                "  opsets {:?}, {} inputs, {} outputs, {} op types",
+                info.opsets,
+                info.inputs.len(),
+                info.outputs.len(),
+                info.op_counts.len()
+            );
+        }
+        *by_format.entry(c.format.name().into()).or_default() += 1;
+    }
+    println!("files per format: {by_format:?}");
+}
+
+/// The same weights as safetensors and as ONNX export share their tensor bytes.
+#[test]
+fn silero_vad_onnx_and_safetensors_share_tensors() {
+    let Some(dir) = data_dir() else {
+        println!("SKIPPED: data/formats is missing; run scripts/fetch-formats.sh");
+        return;
+    };
+    let base = dir.join("silero-vad/silero_vad/data");
+    let st = std::fs::read(base.join("silero_vad_16k.safetensors")).unwrap();
+    let c = neurstore_formats::safetensors::parse(&st).unwrap();
+    let keys: HashSet<Vec<u8>> = c
+        .tensors
+        .iter()
+        .map(|t| st[t.start as usize..t.end as usize].to_vec())
+        .collect();
+    let total: u64 = c.tensors.iter().map(|t| t.byte_len()).sum();
+    for name in ["silero_vad_16k_op15.onnx", "silero_vad.onnx"] {
+        let file = std::fs::read(base.join(name)).unwrap();
+        let m = neurstore_formats::onnx::parse(&file).unwrap();
+        let shared: u64 = m
+            .container
+            .tensors
+            .iter()
+            .filter(|t| keys.contains(&file[t.start as usize..t.end as usize]))
+            .map(|t| t.byte_len())
+            .sum();
+        println!(
+            "{name}: {shared} of the safetensors file's {total} tensor bytes found as identical tensors"
+        );
+    }
+}
