@@ -165,6 +165,12 @@ fn read_value(r: &mut Reader, ty: u32, depth: u32) -> Result<MetaValue> {
             }
             match fixed_size(element_ty) {
                 Some(size) => r.skip(len * size)?,
+                // Strings of an array (a tokenizer's vocabulary) are checked, not copied.
+                None if element_ty == 8 => {
+                    for _ in 0..len {
+                        r.str_ref()?;
+                    }
+                }
                 None => {
                     for _ in 0..len {
                         read_value(r, element_ty, depth + 1)?;
@@ -349,6 +355,9 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(self.array()?))
     }
     fn string(&mut self) -> Result<String> {
+        self.str_ref().map(str::to_string)
+    }
+    fn str_ref(&mut self) -> Result<&'a str> {
         let n = self.u64()?;
         if n > self.left() {
             return Err(self.bad(
@@ -357,7 +366,7 @@ impl<'a> Reader<'a> {
             ));
         }
         let b = self.take(n as usize)?;
-        String::from_utf8(b.to_vec()).map_err(|_| self.bad("string", "not UTF-8"))
+        std::str::from_utf8(b).map_err(|_| self.bad("string", "not UTF-8"))
     }
 }
 
