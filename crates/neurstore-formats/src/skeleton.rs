@@ -453,4 +453,42 @@ mod tests {
         }
         assert!(decode(&sk).unwrap_err().to_string().contains("cannot fit"));
     }
+
+    proptest::proptest! {
+        /// Any file cut into any disjoint tensor ranges rebuilds byte for byte from its skeleton.
+        #[test]
+        fn any_layout_round_trips(
+            file in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            cuts in proptest::collection::vec(0usize..512, 0..12),
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(file.len())).collect();
+            cuts.sort();
+            cuts.dedup();
+            // Every other interval between cuts is a tensor.
+            let tensors: Vec<Tensor> = cuts
+                .chunks_exact(2)
+                .enumerate()
+                .map(|(i, w)| Tensor {
+                    name: format!("t{i}"),
+                    element: ElementType::Dense(DType::U8),
+                    shape: vec![(w[1] - w[0]) as u64],
+                    start: w[0] as u64,
+                    end: w[1] as u64,
+                    origin: Origin::Plain,
+                })
+                .collect();
+            let c = Container {
+                format: Format::Onnx,
+                file_len: file.len() as u64,
+                tensors,
+                views: vec![],
+                skeleton_only: vec![],
+                notes: vec![],
+            };
+            let sk = encode(&c, &file).unwrap();
+            proptest::prop_assert_eq!(&decode(&sk).unwrap().layout, &c);
+            let parts: Vec<&[u8]> = c.tensors.iter().map(|t| &file[t.start as usize..t.end as usize]).collect();
+            proptest::prop_assert_eq!(reassemble_to_vec(&sk, &parts).unwrap(), file);
+        }
+    }
 }

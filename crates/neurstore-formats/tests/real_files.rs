@@ -127,3 +127,44 @@ fn silero_vad_onnx_and_safetensors_share_tensors() {
         );
     }
 }
+
+/// The same weights written as safetensors and converted to a PyTorch zip are the same tensor
+/// bytes: stored once by exact dedup.
+#[test]
+fn safetensors_and_converted_pytorch_share_every_tensor() {
+    let Some(dir) = data_dir() else {
+        println!("SKIPPED: data/formats is missing; run scripts/fetch-formats.sh");
+        return;
+    };
+    let st =
+        std::fs::read(dir.join("silero-vad/silero_vad/data/silero_vad_16k.safetensors")).unwrap();
+    let c = neurstore_formats::safetensors::parse(&st).unwrap();
+    let plan = neurstore_formats::convert::plan(&c, neurstore_formats::convert::Target::PyTorch);
+    let mut pt = Vec::new();
+    plan.write(&mut pt, &mut |t| {
+        let r = &c.tensors[t.source.tensor];
+        Ok(std::borrow::Cow::Borrowed(
+            &st[r.start as usize..r.end as usize],
+        ))
+    })
+    .unwrap();
+    let (back, _) = neurstore_formats::pytorch::parse(&pt).unwrap();
+    let keys = |file: &[u8], c: &neurstore_formats::Container| -> HashSet<(String, Vec<u8>)> {
+        c.tensors
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    file[t.start as usize..t.end as usize].to_vec(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(keys(&st, &c), keys(&pt, &back));
+    let tensor_bytes: u64 = back.tensors.iter().map(|t| t.byte_len()).sum();
+    println!(
+        "safetensors -> .pt: {} tensors identical; the .pt adds a {}-byte skeleton",
+        back.tensors.len(),
+        pt.len() as u64 - tensor_bytes
+    );
+}
