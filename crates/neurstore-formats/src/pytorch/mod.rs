@@ -370,6 +370,14 @@ fn split_storages(
     for (key, st) in storages {
         let mut uses = by_storage.remove(key.as_str()).unwrap_or_default();
         uses.sort_by_key(|u| (u.1, u.2, u.0));
+        // Aliases: views with exactly the bytes, shape and strides of an earlier one.
+        let mut distinct = HashSet::with_capacity(uses.len());
+        split.aliases += uses
+            .iter()
+            .filter(|&&(i, s, e, _)| {
+                !distinct.insert((s, e, &tensors[i].1.size, &tensors[i].1.stride))
+            })
+            .count();
         let partial_overlap = uses
             .windows(2)
             .any(|w| w[1].1 < w[0].2 && (w[1].1, w[1].2) != (w[0].1, w[0].2));
@@ -388,8 +396,7 @@ fn split_storages(
             let mut pos = 0u64;
             for &(i, s, e, contiguous) in &uses {
                 if s < pos {
-                    split.aliases += 1; // identical extent to the previous one
-                    continue;
+                    continue; // an alias: the same extent as the previous view
                 }
                 if s > pos {
                     split.tensors.push(flat(pos, s));
