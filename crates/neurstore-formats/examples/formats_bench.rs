@@ -177,6 +177,19 @@ fn main() {
         ("synthetic GGUF", as_gguf(&t), "gguf"),
     ] {
         row(label, &file, ext, runs, Some(reference));
+        if ext == "pt" {
+            let skip = median(runs, || {
+                std::hint::black_box(
+                    neurstore_formats::pytorch::parse_with(&file, zip::Crc::Skip).unwrap(),
+                );
+            });
+            println!(
+                "| synthetic PyTorch zip, CRC left to the import | {:.1} | {:.3} | {:.2}x | | | |",
+                file.len() as f64 / 1e6,
+                skip.as_secs_f64() * 1e3,
+                skip.as_secs_f64() / reference.as_secs_f64()
+            );
+        }
     }
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/formats");
     let real = [

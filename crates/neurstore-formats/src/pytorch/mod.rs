@@ -61,7 +61,12 @@ pub fn legacy_refusal() -> Error {
 
 /// Parses a `torch.save` zip archive held in memory.
 pub fn parse(file: &[u8]) -> Result<(Container, PyTorchInfo)> {
-    let archive = zip::read(file)?;
+    parse_with(file, zip::Crc::Verify)
+}
+
+/// [`parse`], with the CRC-32 check of the zip entries optional (see [`zip::Crc`]).
+pub fn parse_with(file: &[u8], crc: zip::Crc) -> Result<(Container, PyTorchInfo)> {
+    let archive = zip::read_with(file, crc)?;
     let prefix = archive_prefix(&archive)?;
     check_byteorder(file, &archive, &prefix)?;
     let pkl = archive

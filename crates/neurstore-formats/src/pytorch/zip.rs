@@ -106,6 +106,21 @@ struct Directory {
 
 /// Reads and validates an archive held in memory.
 pub fn read(file: &[u8]) -> Result<Archive> {
+    read_with(file, Crc::Verify)
+}
+
+/// Whether [`read_with`] checks the CRC-32 of stored entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crc {
+    /// Check every stored entry (one pass over the data).
+    Verify,
+    /// Leave it to the caller, who reads every byte anyway (an import hashing the tensors) and
+    /// checks [`Entry::crc`] in that same pass.
+    Skip,
+}
+
+/// [`read`], with the CRC-32 check of stored entries optional.
+pub fn read_with(file: &[u8], crc: Crc) -> Result<Archive> {
     let dir = find_directory(file)?;
     if dir.size / 46 < dir.count {
         return Err(corrupt(
@@ -121,7 +136,7 @@ pub fn read(file: &[u8]) -> Result<Archive> {
         pos: dir.start as usize,
     };
     for _ in 0..dir.count {
-        let e = central_entry(&mut c, file)?;
+        let e = central_entry(&mut c, file, crc)?;
         if !names.insert(e.name.clone()) {
             return Err(corrupt(FORMAT, &e.name, "duplicate entry name"));
         }
@@ -253,7 +268,7 @@ fn check_directory_end(d: Directory, end_records: u64) -> Result<Directory> {
 }
 
 /// Reads one central directory entry and checks its local header against it.
-fn central_entry(c: &mut Cursor, file: &[u8]) -> Result<Entry> {
+fn central_entry(c: &mut Cursor, file: &[u8], check: Crc) -> Result<Entry> {
     c.need(46, "central directory entry")?;
     let at = c.pos;
     if c.u32() != CENTRAL_SIG {
@@ -307,7 +322,10 @@ fn central_entry(c: &mut Cursor, file: &[u8]) -> Result<Entry> {
         ));
     }
     let e = local_entry(file, name, flags, method, crc, csize, size, offset)?;
-    if e.is_stored() && crc32fast::hash(&file[e.data_start as usize..e.data_end as usize]) != crc {
+    if check == Crc::Verify
+        && e.is_stored()
+        && crc32fast::hash(&file[e.data_start as usize..e.data_end as usize]) != crc
+    {
         return Err(corrupt(FORMAT, &e.name, "CRC-32 mismatch"));
     }
     Ok(e)
@@ -661,6 +679,12 @@ mod tests {
         let mut crc = file.clone();
         crc[y.data_start as usize] ^= 1;
         assert!(read(&crc).unwrap_err().to_string().contains("CRC"));
+        let skipped = read_with(&crc, Crc::Skip).unwrap();
+        assert_eq!(
+            skipped.entries[1].crc,
+            crc32fast::hash(b"world"),
+            "the caller checks this"
+        );
         let mut name = file.clone();
         name[y.header_start as usize + 30] = b'b';
         assert!(
