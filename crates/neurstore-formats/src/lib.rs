@@ -22,6 +22,7 @@
 
 pub mod container;
 pub mod convert;
+mod describe;
 pub mod detect;
 pub mod element;
 pub mod error;
