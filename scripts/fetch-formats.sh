@@ -73,6 +73,8 @@ done
 # Python whose torch can save (Debian: apt-get install python3-torch). Skipped otherwise.
 #   torch-written/minilm/: all-MiniLM-L6-v2 as a Hugging Face sharded checkpoint (2 shards and
 #     pytorch_model.bin.index.json), from the safetensors fetched by scripts/fetch-minilm.sh.
+#   torch-written/mlp/: one small MLP as model.safetensors, pytorch_model.bin and model.onnx
+#     (torch.onnx.export), the same weights in three formats.
 #   torch-written/views.pt: tied weights, a transposed and a sliced view, several dtypes and a
 #     non-tensor value; views_expected.safetensors holds each view's contiguous bytes.
 python="${TORCH_PYTHON:-/usr/bin/python3}"
@@ -113,6 +115,19 @@ for i, part in enumerate([names[:half], names[half:]]):
 with open(os.path.join(out, "minilm", "pytorch_model.bin.index.json"), "w") as f:
     json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
 
+def write_safetensors(path, tensors):
+    names = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64", torch.bool: "BOOL"}
+    entries, blobs, offset = {}, [], 0
+    for k, t in tensors.items():
+        data = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        entries[k] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    head = json.dumps(entries).encode()
+    head += b" " * ((8 - (len(head) + 8) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head + b"".join(blobs))
+
 base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
 views = collections.OrderedDict()
 views["base"] = base
@@ -128,17 +143,17 @@ views["scalar"] = torch.tensor(2.5)
 torch.save({"state_dict": views, "epoch": 3}, os.path.join(out, "views.pt"))
 
 # The expected contiguous bytes of every view, as a safetensors file written by hand.
-names = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64", torch.bool: "BOOL"}
-entries, blobs, offset = {}, [], 0
-for k, t in views.items():
-    data = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-    entries["state_dict." + k] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-    blobs.append(data)
-    offset += len(data)
-head = json.dumps(entries).encode()
-head += b" " * ((8 - (len(head) + 8) % 8) % 8)
-with open(os.path.join(out, "views_expected.safetensors"), "wb") as f:
-    f.write(struct.pack("<Q", len(head)) + head + b"".join(blobs))
+write_safetensors(os.path.join(out, "views_expected.safetensors"),
+                  collections.OrderedDict(("state_dict." + k, t) for k, t in views.items()))
+
+torch.manual_seed(0)
+mlp = torch.nn.Sequential(torch.nn.Linear(512, 1024), torch.nn.GELU(), torch.nn.Linear(1024, 1024),
+                          torch.nn.GELU(), torch.nn.Linear(1024, 256))
+os.makedirs(os.path.join(out, "mlp"))
+write_safetensors(os.path.join(out, "mlp", "model.safetensors"), mlp.state_dict())
+torch.save(mlp.state_dict(), os.path.join(out, "mlp", "pytorch_model.bin"))
+torch.onnx.export(mlp, torch.zeros(1, 512), os.path.join(out, "mlp", "model.onnx"),
+                  input_names=["x"], output_names=["y"], opset_version=13)
 print("torch-written checkpoints:", sorted(os.listdir(out)), file=sys.stderr)
 PY
     mv "$tmp" "$written"

@@ -212,3 +212,42 @@ fn torch_written_views_materialize_as_torch_does() {
     assert!(info.aliases >= 1 && info.non_contiguous >= 2, "{info:?}");
     println!("views.pt: {info:?}\n  notes {:?}", c.notes);
 }
+
+/// One model as safetensors, pytorch_model.bin and ONNX (all written by torch): after the first,
+/// the other two add only their skeletons, under 1% of the model each, because every tensor is
+/// byte-identical across the three.
+#[test]
+fn same_weights_in_three_formats_are_stored_once() {
+    let Some(dir) = data_dir()
+        .map(|d| d.join("torch-written/mlp"))
+        .filter(|d| d.is_dir())
+    else {
+        println!("SKIPPED: data/formats/torch-written/mlp is missing (needs a Python with torch)");
+        return;
+    };
+    let mut stored: HashSet<Vec<u8>> = HashSet::new();
+    for (i, name) in ["model.safetensors", "pytorch_model.bin", "model.onnx"]
+        .iter()
+        .enumerate()
+    {
+        let file = std::fs::read(dir.join(name)).unwrap();
+        let c = neurstore_formats::parse(&file, Some(&ext(Path::new(name))))
+            .unwrap()
+            .container;
+        let mut added = c.skeleton_bytes(&file).unwrap().len() as u64;
+        for t in &c.tensors {
+            if stored.insert(file[t.start as usize..t.end as usize].to_vec()) {
+                added += t.byte_len();
+            }
+        }
+        let share = 100.0 * added as f64 / file.len() as f64;
+        println!(
+            "{name}: {} tensors, adds {added} bytes ({share:.3}% of {})",
+            c.tensors.len(),
+            file.len()
+        );
+        if i > 0 {
+            assert!(share <= 1.0, "{name} adds {share:.3}%");
+        }
+    }
+}
