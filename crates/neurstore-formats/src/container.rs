@@ -204,6 +204,17 @@ impl Container {
             };
             let span =
                 view_span(v).ok_or_else(|| bad(&v.name, "view's extent overflows".into()))?;
+            // Zero or overlapping strides can make a view far larger than its bytes: refuse any
+            // view that would not fit in the file itself, so making it contiguous stays bounded.
+            if v.byte_len().is_none_or(|n| n > self.file_len) {
+                return Err(bad(
+                    &v.name,
+                    format!(
+                        "view of shape {:?} is larger than the {}-byte file",
+                        v.shape, self.file_len
+                    ),
+                ));
+            }
             if v.byte_offset
                 .checked_add(span)
                 .is_none_or(|e| e > t.byte_len())

@@ -251,3 +251,25 @@ fn legacy_checkpoints_are_refused_with_a_conversion_hint() {
         "{err}"
     );
 }
+
+#[test]
+fn broadcast_views_larger_than_the_file_are_refused() {
+    let s = floats(1, 0.0);
+    let bomb = checkpoint(
+        &state_dict(&[entry("x", "0", 1, 0, &[1 << 20, 1 << 20], &[0, 0])]),
+        &[("0", s.clone())],
+    );
+    assert!(
+        parse(&bomb)
+            .unwrap_err()
+            .to_string()
+            .contains("larger than")
+    );
+    // A small expanded view is fine and materializes by repetition.
+    let ok = checkpoint(
+        &state_dict(&[entry("x", "0", 1, 0, &[2, 3], &[0, 0])]),
+        &[("0", s.clone())],
+    );
+    let (c, _) = parse(&ok).unwrap();
+    assert_eq!(view_bytes(&ok, &c, "x"), s.repeat(6));
+}
