@@ -256,7 +256,8 @@ fn place_tensors(
     alignment: u64,
     file_len: u64,
 ) -> Result<Vec<Tensor>> {
-    infos.sort_by_key(|i| i.offset);
+    // Empty tensors first at a shared offset, so they never look like an overlap.
+    infos.sort_by_key(|i| (i.offset, i.element.byte_len(&i.shape).unwrap_or(u64::MAX)));
     let mut tensors = Vec::with_capacity(infos.len());
     let mut pos = data_start;
     for info in infos {
@@ -499,5 +500,21 @@ mod tests {
             .unwrap();
         file[b_offset..b_offset + 8].copy_from_slice(&0u64.to_le_bytes());
         assert!(parse(&file).is_err());
+    }
+
+    #[test]
+    fn empty_tensors_may_share_an_offset() {
+        let file = gguf(&[("w", 0, vec![2], &[1u8; 8]), ("e", 0, vec![0], &[])]);
+        // The builder gives "e" offset 32; point it at "w"'s offset instead.
+        let (c, _) = parse(&file).unwrap();
+        assert_eq!(c.tensors.len(), 2);
+        let mut shared = file.clone();
+        let at = (0..shared.len() - 8)
+            .rev()
+            .find(|&i| shared[i..i + 8] == 32u64.to_le_bytes())
+            .unwrap();
+        shared[at..at + 8].copy_from_slice(&0u64.to_le_bytes());
+        let (c, _) = parse(&shared).unwrap();
+        assert_eq!(c.tensors[0].name, "e");
     }
 }
