@@ -161,4 +161,23 @@ PY
 elif [[ ! -d "$written" ]]; then
     echo "skipping torch-written checkpoints: $python cannot import torch" >&2
 fi
+# The MLP again in ONNX's external-data layout, written by the reference onnx package
+# (Debian: python3-onnx): model.onnx keeps the graph, model.onnx.data the weights.
+external="$dest/onnx-external"
+if [[ ! -d "$external" && -f "$written/mlp/model.onnx" ]] && "$python" -c "import onnx" 2>/dev/null; then
+    tmp="$(mktemp -d "$dest/.fetch.XXXXXX")"
+    trap 'rm -rf "$tmp"' EXIT
+    chmod 755 "$tmp"
+    "$python" - "$written/mlp/model.onnx" "$tmp/model.onnx" <<'PY'
+import sys
+
+import onnx
+
+model = onnx.load(sys.argv[1])
+onnx.save_model(model, sys.argv[2], save_as_external_data=True, all_tensors_to_one_file=True,
+                location="model.onnx.data", size_threshold=1024)
+PY
+    mv "$tmp" "$external"
+    trap - EXIT
+fi
 echo "$dest"

@@ -71,7 +71,10 @@ fn real_files_round_trip_byte_for_byte() {
         let back = skeleton::reassemble_to_vec(&sk, &parts).unwrap();
         assert!(back == file, "{name}: reassembly differs");
         assert_eq!(&skeleton::decode(&sk).unwrap().layout, c);
-        assert!(!c.tensors.is_empty(), "{name}: no tensors found");
+        assert!(
+            !c.tensors.is_empty() || !parsed.external.is_empty(),
+            "{name}: no tensors found"
+        );
         let tensor_bytes: u64 = c.tensors.iter().map(|t| t.byte_len()).sum();
         println!(
             "{name}: {} ({} tensor ranges, {} model tensors) tensors {:.2}% of {} bytes, skeleton {} bytes",
@@ -250,4 +253,62 @@ fn same_weights_in_three_formats_are_stored_once() {
             assert!(share <= 1.0, "{name} adds {share:.3}%");
         }
     }
+}
+
+/// An ONNX model in the external-data layout (written by the onnx package): the model lists its
+/// tensors, the data file splits into exactly the weights of the same model's safetensors file,
+/// and both files reassemble byte for byte.
+#[test]
+fn onnx_external_data_splits_into_the_same_tensors() {
+    let Some(dir) = data_dir()
+        .map(|d| d.join("onnx-external"))
+        .filter(|d| d.is_dir())
+    else {
+        println!("SKIPPED: data/formats/onnx-external is missing (needs python3-onnx and torch)");
+        return;
+    };
+    let model = std::fs::read(dir.join("model.onnx")).unwrap();
+    let parsed = neurstore_formats::parse(&model, Some("onnx")).unwrap();
+    assert!(!parsed.external.is_empty());
+    let location = parsed.external[0].location.clone();
+    assert!(parsed.external.iter().all(|e| e.location == location));
+    let data = std::fs::read(dir.join(&location)).unwrap();
+    let refs: Vec<&neurstore_formats::onnx::ExternalRef> = parsed.external.iter().collect();
+    let c = neurstore_formats::onnx::external_container(data.len() as u64, &refs).unwrap();
+    for (file, c) in [(&model, &parsed.container), (&data, &c)] {
+        let sk = c.skeleton_bytes(file).unwrap();
+        let parts: Vec<&[u8]> = c
+            .tensors
+            .iter()
+            .map(|t| &file[t.start as usize..t.end as usize])
+            .collect();
+        assert!(skeleton::reassemble_to_vec(&sk, &parts).unwrap() == *file);
+    }
+    let st = std::fs::read(
+        data_dir()
+            .unwrap()
+            .join("torch-written/mlp/model.safetensors"),
+    )
+    .unwrap();
+    let sc = neurstore_formats::safetensors::parse(&st).unwrap();
+    let weights: HashSet<&[u8]> = sc
+        .tensors
+        .iter()
+        .map(|t| &st[t.start as usize..t.end as usize])
+        .collect();
+    let shared = c
+        .tensors
+        .iter()
+        .filter(|t| weights.contains(&data[t.start as usize..t.end as usize]))
+        .count();
+    assert_eq!(
+        shared,
+        c.tensors.len(),
+        "every external tensor is a weight of the safetensors file"
+    );
+    println!(
+        "{location}: {} external tensors, all identical to the safetensors weights; skeleton of the data file {} bytes",
+        c.tensors.len(),
+        c.skeleton_len()
+    );
 }
