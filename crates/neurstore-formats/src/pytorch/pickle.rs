@@ -150,7 +150,7 @@ struct Machine<'a> {
     memo: HashMap<u32, Id>,
 }
 
-/// Interprets `input`; it must end with `STOP` and nothing after it.
+/// Interprets `input`; it must end with `STOP`, nothing after it and nothing else on the stack.
 pub fn interpret(input: &[u8]) -> Result<Pickle> {
     let mut m = Machine {
         input,
@@ -165,6 +165,9 @@ pub fn interpret(input: &[u8]) -> Result<Pickle> {
         let op = m.take(1)?[0];
         if op == b'.' {
             let root = m.pop()?;
+            if !m.stack.is_empty() || !m.marks.is_empty() {
+                return Err(m.bad(at, "values or marks left on the stack at STOP"));
+            }
             if m.pos != input.len() {
                 return Err(m.bad(at, format!("{} bytes after STOP", input.len() - m.pos)));
             }

@@ -216,7 +216,7 @@ fn hostile_checkpoints_are_refused() {
     // walked once each.
     let mut laughs = b"\x80\x02]".to_vec();
     for _ in 0..30 {
-        laughs.extend_from_slice(b"q\x00]h\x00h\x00\x86a"); // [ (prev, prev) ]
+        laughs.extend_from_slice(b"q\x000]h\x00h\x00\x86a"); // memo prev, pop it, [ (prev, prev) ]
     }
     laughs.push(b'.');
     let (c, info) = parse(&checkpoint(&laughs, &[])).unwrap();

@@ -100,8 +100,6 @@ struct Directory {
     count: u64,
     start: u64,
     size: u64,
-    /// Offset of the first end record (zip64 end record, or the classic one).
-    end_records_start: u64,
 }
 
 /// Reads and validates an archive held in memory.
@@ -151,7 +149,6 @@ pub fn read_with(file: &[u8], crc: Crc) -> Result<Archive> {
     }
     entries.sort_by_key(|e| e.header_start);
     check_tiling(&entries, dir.start)?;
-    let _ = dir.end_records_start;
     Ok(Archive { entries })
 }
 
@@ -198,7 +195,6 @@ fn find_directory(file: &[u8]) -> Result<Directory> {
             count: total as u64,
             start: start as u64,
             size: size as u64,
-            end_records_start: eocd as u64,
         })
         .and_then(|d| check_directory_end(d, eocd as u64));
     }
@@ -247,7 +243,6 @@ fn find_directory(file: &[u8]) -> Result<Directory> {
             count: ztotal,
             start: zstart,
             size: zsize,
-            end_records_start: at as u64,
         },
         at as u64,
     )

@@ -69,6 +69,12 @@ fn disallowed_opcodes_and_calls_are_refused() {
     );
     assert!(interpret(b"\x80\x02.").is_err(), "STOP on an empty stack");
     assert!(
+        interpret(b"\x80\x02NN.")
+            .unwrap_err()
+            .to_string()
+            .contains("left on the stack")
+    );
+    assert!(
         interpret(b"\x80\x02(K\x01a.").is_err(),
         "APPEND across a mark"
     );
