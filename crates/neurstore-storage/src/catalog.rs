@@ -175,6 +175,44 @@ impl Catalog {
         Ok(Catalog { conn })
     }
 
+    /// Opens the catalog at `path` for reading only, for a user who may not be able to write
+    /// the store: nothing is created, nothing is migrated, no write lock is taken.
+    ///
+    /// A catalog in WAL mode is read through its `-shm` index, which SQLite creates when it is
+    /// missing. Where it is missing and cannot be created (a directory the user cannot write),
+    /// the database is opened `immutable`: SQLite then reads the database file alone, without
+    /// locks, trusting it not to change while it is open. Caveat: such a reader does not see
+    /// commits still in the write-ahead log, and a commit that lands while it reads can show it a
+    /// torn snapshot; row validation and model manifests report that as corrupt, and running
+    /// the command again reads the new state.
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        match Self::open_read_only_as(path, false) {
+            Err(StorageError::Catalog(first)) => {
+                Self::open_read_only_as(path, true).map_err(|second| match second {
+                    StorageError::Catalog(_) => StorageError::Catalog(first),
+                    other => other,
+                })
+            }
+            other => other,
+        }
+    }
+
+    fn open_read_only_as(path: &Path, immutable: bool) -> Result<Self> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let mut uri = format!("file:{}?mode=ro", uri_path(path));
+        if immutable {
+            uri.push_str("&immutable=1");
+        }
+        let conn = Connection::open_with_flags(uri, flags)?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        // The first read opens the write-ahead log: errors of a read-only open surface here.
+        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        schema::check_readable(found, path)?;
+        Ok(Catalog { conn })
+    }
+
     /// Starts a write transaction (taking SQLite's write lock at once).
     pub fn write(&mut self) -> Result<WriteTxn<'_>> {
         let tx = self
@@ -199,6 +237,21 @@ impl Catalog {
             .map(|m| m.len())
             .sum()
     }
+}
+
+/// A path as the path part of an SQLite `file:` URI: every byte but unreserved ones and '/'
+/// percent-encoded, so '?', '#' and '%' in directory names keep their meaning.
+fn uri_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Queries shared by read and write transactions.
@@ -841,4 +894,45 @@ fn object_row(r: &Row, at: usize) -> Result<ObjectRow> {
         max_error,
         decoded_key,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_only_open_reads_and_never_migrates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        drop(Catalog::open(&path, true).unwrap());
+        let mut reader = Catalog::open_read_only(&path).unwrap();
+        assert!(reader.read().unwrap().models().unwrap().is_empty());
+        let wrote = reader.write().and_then(|tx| {
+            tx.conn()
+                .execute("INSERT INTO store_meta VALUES ('k', 'v')", [])
+                .map_err(StorageError::from)
+        });
+        let err = wrote.err().expect("a read-only catalog took a write");
+        assert!(err.to_string().contains("read-only"), "{err}");
+
+        // An older schema is reported, not migrated.
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        drop(conn);
+        let err = Catalog::open_read_only(&path).err().unwrap().to_string();
+        assert!(err.contains("neurstore upgrade"), "{err}");
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, 1);
+    }
+
+    #[test]
+    fn uri_paths_keep_special_characters_literal() {
+        let dir = tempfile::tempdir().unwrap();
+        let odd = dir.path().join("a?b#c%d e");
+        std::fs::create_dir(&odd).unwrap();
+        let path = odd.join("catalog.db");
+        drop(Catalog::open(&path, true).unwrap());
+        Catalog::open_read_only(&path).unwrap();
+    }
 }

@@ -18,7 +18,7 @@ use crate::backend::{Backend, FsBackend};
 use crate::catalog::{Catalog, ObjectRow, Queries, ReadTxn, WriteTxn};
 use crate::error::{Result, StorageError};
 use crate::index::TensorIndex;
-use crate::lock::WriterLock;
+use crate::lock::{LockWait, WriterLock};
 use crate::pack::{
     BlobBytes, BlobLocation, PackAppender, PackReader, align_up, pack_file_name, pack_id_from_name,
 };
@@ -35,6 +35,11 @@ pub struct EngineOptions {
     pub max_pack_len: u64,
     /// Backend for pack files; the local directory `packs/` when `None`.
     pub backend: Option<Arc<dyn Backend>>,
+    /// For a reader: open the catalog read-only ([`Catalog::open_read_only`]), so a user who
+    /// can read the store but not write it can use it; nothing is created or migrated.
+    pub read_only: bool,
+    /// For a writer: how long to wait for the writer lock another process holds.
+    pub lock_wait: LockWait,
 }
 
 impl Default for EngineOptions {
@@ -43,6 +48,8 @@ impl Default for EngineOptions {
             write: false,
             max_pack_len: DEFAULT_MAX_PACK_LEN,
             backend: None,
+            read_only: false,
+            lock_wait: LockWait::No,
         }
     }
 }
@@ -118,7 +125,9 @@ impl Engine {
         }
         let io = |e| StorageError::io(root.display().to_string(), e);
         std::fs::create_dir_all(root.join(PACK_DIR)).map_err(io)?;
+        crate::backend::share_path_like_dir(&root.join(PACK_DIR), root).map_err(io)?;
         let mut catalog = Catalog::open(&root.join(CATALOG_FILE), true)?;
+        crate::backend::share_path_like_dir(&root.join(CATALOG_FILE), root).map_err(io)?;
         let tx = catalog.write()?;
         tx.conn().execute(
             "INSERT INTO store_meta (key, value) VALUES ('format', 'neurstore'), ('next_pack_id', '1')",
@@ -140,9 +149,14 @@ impl Engine {
         // Lock before touching anything, so recovery never races another writer.
         let lock = options
             .write
-            .then(|| WriterLock::acquire(root))
+            .then(|| WriterLock::acquire_waiting(root, options.lock_wait))
             .transpose()?;
-        let catalog = Catalog::open(&catalog_path, false)?;
+        let catalog = if options.read_only && !options.write {
+            Catalog::open_read_only(&catalog_path)
+        } else {
+            Catalog::open(&catalog_path, false)
+        }
+        .map_err(|e| e.in_store(root, "open"))?;
         let backend = options
             .backend
             .unwrap_or_else(|| Arc::new(FsBackend::new(root.join(PACK_DIR))));
@@ -588,6 +602,7 @@ mod tests {
                 write: true,
                 max_pack_len: 10_000,
                 backend: None,
+                ..Default::default()
             },
         )
         .unwrap()
@@ -654,6 +669,7 @@ mod tests {
             write: true,
             max_pack_len: 10_000,
             backend: None,
+            ..Default::default()
         };
         let (engine, report) = Engine::open(&root, options).unwrap();
         assert_eq!(report, RecoveryReport::default());
@@ -801,6 +817,7 @@ mod tests {
             write: true,
             max_pack_len: DEFAULT_MAX_PACK_LEN,
             backend: Some(Arc::new(disk.clone())),
+            ..Default::default()
         };
         Engine::open(root, options).unwrap().0
     }
@@ -858,6 +875,7 @@ mod tests {
             write: true,
             max_pack_len: DEFAULT_MAX_PACK_LEN,
             backend: Some(backend),
+            ..Default::default()
         };
         let (engine, _) = Engine::open(&root, options).unwrap();
         put(&engine, "a", &[1u8; 100]);
