@@ -176,37 +176,53 @@ impl Catalog {
     }
 
     /// Opens the catalog at `path` for reading only, for a user who may not be able to write
-    /// the store: nothing is created, nothing is migrated, no write lock is taken.
+    /// the store: nothing is migrated, no write lock is taken, no write is accepted
+    /// (`PRAGMA query_only`), and nothing is left behind.
     ///
-    /// A catalog in WAL mode is read through its `-shm` index, which SQLite creates when it is
-    /// missing. Where it is missing and cannot be created (a directory the user cannot write),
-    /// the database is opened `immutable`: SQLite then reads the database file alone, without
-    /// locks, trusting it not to change while it is open. Caveat: such a reader does not see
-    /// commits still in the write-ahead log, and a commit that lands while it reads can show it a
-    /// torn snapshot; row validation and model manifests report that as corrupt, and running
-    /// the command again reads the new state.
+    /// A catalog in WAL mode is read through its `-shm` index and `-wal` log, which SQLite
+    /// creates when they are missing. A user who may write the directory opens it as usual
+    /// (SQLite removes both files when the last connection closes); one who may not opens it
+    /// with read-only flags, which works while the files exist (a writer has the store open).
+    /// Where they are missing and cannot be created, the database is opened `immutable`:
+    /// SQLite then reads the database file alone, without locks, trusting it not to change.
+    /// Caveat: such a reader does not see commits still in the write-ahead log, and a commit
+    /// that lands while it reads can show it a torn snapshot; row validation and model
+    /// manifests report that as corrupt, and running the command again reads the new state.
     pub fn open_read_only(path: &Path) -> Result<Self> {
-        match Self::open_read_only_as(path, false) {
-            Err(StorageError::Catalog(first)) => {
-                Self::open_read_only_as(path, true).map_err(|second| match second {
-                    StorageError::Catalog(_) => StorageError::Catalog(first),
-                    other => other,
-                })
+        let mut first = None;
+        for how in [
+            ReadOnlyOpen::QueryOnly,
+            ReadOnlyOpen::Flags,
+            ReadOnlyOpen::Immutable,
+        ] {
+            match Self::open_read_only_as(path, how) {
+                Ok(catalog) => return Ok(catalog),
+                Err(StorageError::Catalog(e)) => {
+                    first.get_or_insert(e);
+                }
+                Err(other) => return Err(other),
             }
-            other => other,
         }
+        Err(StorageError::Catalog(first.expect("an attempt failed")))
     }
 
-    fn open_read_only_as(path: &Path, immutable: bool) -> Result<Self> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI;
-        let mut uri = format!("file:{}?mode=ro", uri_path(path));
-        if immutable {
-            uri.push_str("&immutable=1");
+    fn open_read_only_as(path: &Path, how: ReadOnlyOpen) -> Result<Self> {
+        let mut flags = OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+        let mut uri = format!("file:{}", uri_path(path));
+        match how {
+            ReadOnlyOpen::QueryOnly => flags |= OpenFlags::SQLITE_OPEN_READ_WRITE,
+            ReadOnlyOpen::Flags => {
+                flags |= OpenFlags::SQLITE_OPEN_READ_ONLY;
+                uri.push_str("?mode=ro");
+            }
+            ReadOnlyOpen::Immutable => {
+                flags |= OpenFlags::SQLITE_OPEN_READ_ONLY;
+                uri.push_str("?mode=ro&immutable=1");
+            }
         }
         let conn = Connection::open_with_flags(uri, flags)?;
         conn.busy_timeout(Duration::from_secs(30))?;
+        conn.pragma_update(None, "query_only", true)?;
         // The first read opens the write-ahead log: errors of a read-only open surface here.
         let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         schema::check_readable(found, path)?;
@@ -237,6 +253,17 @@ impl Catalog {
             .map(|m| m.len())
             .sum()
     }
+}
+
+/// How [`Catalog::open_read_only`] tries to open the database, in order.
+#[derive(Clone, Copy)]
+enum ReadOnlyOpen {
+    /// Read-write flags (the side files can be made and removed), writes refused by SQLite.
+    QueryOnly,
+    /// Read-only flags: works where the side files exist.
+    Flags,
+    /// Read-only and immutable: no side files, no locks.
+    Immutable,
 }
 
 /// A path as the path part of an SQLite `file:` URI: every byte but unreserved ones and '/'
@@ -922,7 +949,9 @@ mod tests {
         let err = Catalog::open_read_only(&path).err().unwrap().to_string();
         assert!(err.contains("neurstore upgrade"), "{err}");
         let conn = Connection::open(&path).unwrap();
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(version, 1);
     }
 

@@ -21,19 +21,19 @@ pub enum StorageError {
         #[source]
         source: io::Error,
     },
-    /// The SQLite catalog reported an error (translated into words; no raw codes).
+    /// The SQLite catalog reported an error (translated into words; no raw codes, so SQLite's
+    /// own error is kept but not chained as the source).
     #[error("{}", describe_sqlite(.0))]
-    Catalog(#[from] rusqlite::Error),
+    Catalog(rusqlite::Error),
     /// A catalog error with what was being done, and to which store.
-    #[error("could not {action} the store at {}: {}", .store.display(), describe_sqlite(.source))]
+    #[error("could not {action} the store at {}: {}", .store.display(), describe_sqlite(.error))]
     CatalogIn {
         /// Store directory.
         store: PathBuf,
         /// What was being done ("open", "read", "write", ...).
         action: String,
         /// The SQLite error.
-        #[source]
-        source: rusqlite::Error,
+        error: rusqlite::Error,
     },
     /// The catalog's schema is older than this build reads without migrating it, and the store
     /// was opened read-only (a read-only open never migrates).
@@ -97,6 +97,12 @@ pub enum StorageError {
     ReadOnly,
 }
 
+impl From<rusqlite::Error> for StorageError {
+    fn from(e: rusqlite::Error) -> Self {
+        StorageError::Catalog(e)
+    }
+}
+
 impl StorageError {
     /// Wraps an I/O error with what it was about.
     pub fn io(what: impl Into<String>, source: io::Error) -> Self {
@@ -109,10 +115,10 @@ impl StorageError {
     /// Names the store and the action in a catalog error; other errors pass unchanged.
     pub fn in_store(self, store: &std::path::Path, action: &str) -> Self {
         match self {
-            StorageError::Catalog(source) => StorageError::CatalogIn {
+            StorageError::Catalog(error) => StorageError::CatalogIn {
                 store: store.to_path_buf(),
                 action: action.to_string(),
-                source,
+                error,
             },
             other => other,
         }
@@ -121,7 +127,7 @@ impl StorageError {
     /// True when the error is SQLite's busy or locked timeout.
     pub fn is_busy(&self) -> bool {
         let source = match self {
-            StorageError::Catalog(e) | StorageError::CatalogIn { source: e, .. } => e,
+            StorageError::Catalog(e) | StorageError::CatalogIn { error: e, .. } => e,
             _ => return false,
         };
         matches!(
@@ -186,9 +192,15 @@ mod tests {
         let e = StorageError::from(failure(8, "attempt to write a readonly database"))
             .in_store(std::path::Path::new("/srv/models"), "write to");
         let text = e.to_string();
-        assert!(text.starts_with("could not write to the store at /srv/models: "), "{text}");
+        assert!(
+            text.starts_with("could not write to the store at /srv/models: "),
+            "{text}"
+        );
         assert!(text.contains("read-only to this user"), "{text}");
-        assert!(!text.contains("readonly database") && !text.contains("code"), "{text}");
+        assert!(
+            !text.contains("readonly database") && !text.contains("code"),
+            "{text}"
+        );
         assert!(StorageError::from(failure(5, "database is locked")).is_busy());
         let other = StorageError::from(failure(1, "no such table: models")).to_string();
         assert_eq!(other, "the catalog reported: no such table: models");

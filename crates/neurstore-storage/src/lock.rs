@@ -116,7 +116,10 @@ mod tests {
         let err = WriterLock::acquire_waiting(dir.path(), wait).err().unwrap();
         assert!(started.elapsed() >= Duration::from_millis(120));
         let text = err.to_string();
-        assert!(text.contains("pid") && text.contains("waited 0.1 s"), "{text}");
+        assert!(
+            text.contains("pid") && text.contains("waited 0.1 s"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -124,7 +127,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = WriterLock::acquire(dir.path()).unwrap();
         let path = dir.path().to_path_buf();
-        let waiter = std::thread::spawn(move || WriterLock::acquire_waiting(&path, LockWait::Forever));
+        let waiter =
+            std::thread::spawn(move || WriterLock::acquire_waiting(&path, LockWait::Forever));
         std::thread::sleep(Duration::from_millis(100));
         drop(first);
         let second = waiter.join().unwrap().unwrap();

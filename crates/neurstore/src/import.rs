@@ -231,7 +231,10 @@ impl Walk {
     fn check_link(&self, link: &Path) -> Result<()> {
         let target = std::fs::canonicalize(link).map_err(|e| Error::io(link, e))?;
         let inside = target.starts_with(&self.real_root)
-            || self.hf_blobs.as_ref().is_some_and(|b| target.starts_with(b));
+            || self
+                .hf_blobs
+                .as_ref()
+                .is_some_and(|b| target.starts_with(b));
         if inside || self.follow_symlinks {
             return Ok(());
         }

@@ -53,11 +53,11 @@ pub use neurstore_core::dtype::DType;
 pub use neurstore_core::kernel::{BaseMatrix, QuantMatrix};
 pub use neurstore_storage::lock::LockWait;
 pub use neurstore_storage::{GcReport, RecoveryReport, StorageError};
-pub use progress::{NoProgress, Progress};
 pub use options::{
     BaseChoice, Mode, PutOptions, Threads, check_output, metadata_from_json, metadata_from_pairs,
     threads,
 };
+pub use progress::{NoProgress, Progress};
 pub use put::{PutReport, TensorInput, TensorReport};
 pub use resident::{ResidentModel, ResidentOptions, ResidentTensor, ResidentWeight, SharedBases};
 

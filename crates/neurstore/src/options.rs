@@ -322,8 +322,13 @@ mod tests {
             Mode::from_tolerances(None, Some(0.5)).unwrap(),
             Mode::Relative(0.5)
         );
-        let err = Mode::from_tolerances(None, Some(2.0)).unwrap_err().to_string();
-        assert!(err.starts_with("--rel-tolerance: 2 is not between 0 and 1"), "{err}");
+        let err = Mode::from_tolerances(None, Some(2.0))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("--rel-tolerance: 2 is not between 0 and 1"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -332,13 +337,22 @@ mod tests {
         let many = threads(100_000).unwrap();
         assert_eq!(many.count, cores);
         assert!(many.note.unwrap().contains("100000"));
-        assert_eq!(threads(1).unwrap(), Threads { count: 1, note: None });
+        assert_eq!(
+            threads(1).unwrap(),
+            Threads {
+                count: 1,
+                note: None
+            }
+        );
         assert!(threads(0).is_err());
     }
 
     #[test]
     fn a_tolerance_past_the_largest_magnitude_is_refused() {
-        let raw: Vec<u8> = [0.5f32, -2.0, 1.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let raw: Vec<u8> = [0.5f32, -2.0, 1.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         assert!(check_tolerance_fits("m", "w", DType::F32, &raw, 1.9).is_ok());
         let err = check_tolerance_fits("m", "w", DType::F32, &raw, 2.0).unwrap_err();
         assert!(err.to_string().contains("--force"), "{err}");

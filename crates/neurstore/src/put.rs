@@ -546,12 +546,14 @@ impl Store {
 
 /// Without `--force`, a bound at or above a tensor's largest magnitude is refused.
 fn check_tolerances_fit(items: &[Item]) -> Result<()> {
-    items.par_iter().try_for_each(|item| match (item.dtype, item.tolerance) {
-        (Some(dtype), Some(tol)) => {
-            crate::options::check_tolerance_fits(item.file, &item.name, dtype, item.raw, tol)
-        }
-        _ => Ok(()),
-    })
+    items
+        .par_iter()
+        .try_for_each(|item| match (item.dtype, item.tolerance) {
+            (Some(dtype), Some(tol)) => {
+                crate::options::check_tolerance_fits(item.file, &item.name, dtype, item.raw, tol)
+            }
+            _ => Ok(()),
+        })
 }
 
 fn batches<'a>(indices: &'a [usize], items: &[Item]) -> Vec<&'a [usize]> {
