@@ -115,7 +115,13 @@ fn embeds_from_compressed_weights_like_the_dense_model() {
     );
     let fv = vectors(&from_file);
     assert_eq!(fv.len(), 3);
-    assert_eq!((&fv[0], &fv[2]), (&qv[0], &qv[1]));
+    // (Within float noise: the blank line changes the batch's padding.)
+    for (got, want) in [(&fv[0], &qv[0]), (&fv[2], &qv[1])] {
+        assert!(
+            got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-5),
+            "{got:?} {want:?}"
+        );
+    }
     assert_eq!(from_file["embeddings"][1]["text"], "");
     let out = ns(
         &store,
