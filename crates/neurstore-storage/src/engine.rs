@@ -143,8 +143,13 @@ impl Engine {
     /// Opens the store at `root`.
     pub fn open(root: &Path, options: EngineOptions) -> Result<(Self, RecoveryReport)> {
         let catalog_path = root.join(CATALOG_FILE);
-        if !catalog_path.is_file() {
-            return Err(StorageError::NoStore(root.to_path_buf()));
+        match std::fs::metadata(&catalog_path) {
+            Ok(meta) if meta.is_file() => {}
+            // Not "no store": one this user may not enter.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(StorageError::io(catalog_path.display().to_string(), e));
+            }
+            _ => return Err(StorageError::NoStore(root.to_path_buf())),
         }
         // Lock before touching anything, so recovery never races another writer.
         let lock = options
