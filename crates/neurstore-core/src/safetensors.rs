@@ -438,16 +438,15 @@ pub fn checked_size(dtype: DType, shape: &[u64]) -> Result<(u64, u64), String> {
         .checked_mul(dtype.bits())
         .filter(|&b| b / 8 <= limit)
         .ok_or_else(|| "shape's byte size overflows".to_string())?;
+    if shape.contains(&0) {
+        return Ok((0, 0));
+    }
     if bits % 8 != 0 {
         return Err(format!(
             "{nonzero} {dtype} elements do not fill whole bytes"
         ));
     }
-    let bytes = bits / 8;
-    if shape.contains(&0) {
-        return Ok((0, 0));
-    }
-    Ok((nonzero, bytes))
+    Ok((nonzero, bits / 8))
 }
 
 /// Tensor names are printed and written back: no control characters.
@@ -591,6 +590,13 @@ mod tests {
         let h = r#"{"a":{"dtype":"F32","shape":[0,1024,1024],"data_offsets":[0,0]},"b":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#;
         let parsed = parse(&file(h, 1)).unwrap();
         assert_eq!(parsed.tensors[0].byte_len(), 0);
+    }
+
+    #[test]
+    fn empty_sub_byte_tensors_take_no_bytes() {
+        assert_eq!(checked_size(DType::F4, &[0, 1]), Ok((0, 0)));
+        assert_eq!(checked_size(DType::F6E3M2, &[2, 0]), Ok((0, 0)));
+        assert!(checked_size(DType::F4, &[1]).is_err());
     }
 
     #[test]
