@@ -939,7 +939,7 @@ mod tests {
                 .execute("INSERT INTO store_meta VALUES ('k', 'v')", [])
                 .map_err(StorageError::from)
         });
-        let err = wrote.err().expect("a read-only catalog took a write");
+        let err = wrote.expect_err("a read-only catalog took a write");
         assert!(err.to_string().contains("read-only"), "{err}");
 
         // An older schema is reported, not migrated.
