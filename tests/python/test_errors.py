@@ -88,7 +88,10 @@ def test_declared_dtype_must_match_the_bytes(store):
     [
         ({"tolerance": -1.0}, "positive"),
         ({"tolerance": 0.0}, "positive"),
-        ({"rel_tolerance": float("nan")}, "positive"),
+        ({"rel_tolerance": float("nan")}, "between 0 and 1"),
+        ({"rel_tolerance": 2.0}, "between 0 and 1"),
+        ({"tolerance": float("inf")}, "positive"),
+        ({"tolerance": 1e300}, "largest magnitude"),
         ({"tolerance": "big"}, "must be a number"),
         ({"tolerance": 1e-3, "rel_tolerance": 1e-3}, "not both"),
         ({"base": ""}, "base must be"),

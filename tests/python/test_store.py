@@ -123,7 +123,8 @@ def test_list_info_stats_verify_metadata(store):
     assert info["source_format"] == "safetensors" and info["files"][0]["path"] == "model.safetensors"
     assert {t["name"] for t in info["tensors"]} == set(model(10))
     stats = store.stats()
-    assert stats["models"] == 2 and stats["raw_bytes"] == 2 * 3 * 64 * 64 * 4
+    assert stats["models"] == 2 and stats["tensor_bytes"] == 2 * 3 * 64 * 64 * 4
+    assert stats["raw_bytes"] == stats["tensor_bytes"] + stats["other_bytes"] > stats["tensor_bytes"]
     assert set(stats) >= {"stored_bytes", "ratio", "by_kind", "reclaimable_bytes"}
     report = store.verify()
     assert report["problems"] == [] and report["models"] == 2

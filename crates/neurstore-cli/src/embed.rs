@@ -17,7 +17,8 @@ pub struct EmbedRequest {
     /// Text to embed (repeatable).
     #[arg(long = "text", value_name = "TEXT")]
     pub texts: Vec<String>,
-    /// File of texts to embed, one per line ("-" for standard input).
+    /// File of texts to embed, one per line ("-" for standard input); a blank line is embedded
+    /// too, so output lines match input lines.
     #[arg(long, value_name = "FILE")]
     pub file: Option<PathBuf>,
     /// Expand every weight to f32 first (the reference the compressed path is checked against).
@@ -60,7 +61,8 @@ pub struct EmbedReport {
     pub embeddings: Vec<Embedding>,
 }
 
-/// The texts to embed: `--text` values, then the lines of `--file` ("-" = standard input).
+/// The texts to embed: `--text` values, then every line of `--file` ("-" = standard input),
+/// blank ones included, so output line N belongs to input line N.
 fn gather_texts(req: &EmbedRequest) -> anyhow::Result<Vec<String>> {
     let mut texts = req.texts.clone();
     if let Some(path) = &req.file {
@@ -72,9 +74,7 @@ fn gather_texts(req: &EmbedRequest) -> anyhow::Result<Vec<String>> {
         };
         for line in lines.lines() {
             let line = line.with_context(|| format!("reading {}", path.display()))?;
-            if !line.trim().is_empty() {
-                texts.push(line);
-            }
+            texts.push(line);
         }
     }
     if texts.is_empty() {
@@ -98,12 +98,16 @@ fn model_or_flag(
     Ok(store.model_file(name, file)?)
 }
 
-pub fn embed(root: &Path, req: &EmbedRequest, bar: &dyn Progress) -> anyhow::Result<EmbedReport> {
+pub fn embed(
+    target: &crate::Target,
+    req: &EmbedRequest,
+    bar: &dyn Progress,
+) -> anyhow::Result<EmbedReport> {
     if req.batch == 0 || req.max_length < 2 {
         bail!("--batch must be at least 1 and --max-length at least 2");
     }
     let texts = gather_texts(req)?;
-    let store = Store::open(root)?;
+    let store: Store = target.reader()?;
     let tokenizer = model_or_flag(&store, &req.name, "tokenizer.json", &req.tokenizer)?
         .with_context(|| {
             format!(

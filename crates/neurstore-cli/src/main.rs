@@ -2,13 +2,15 @@
 
 mod embed;
 mod output;
+mod text;
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use neurstore::{BaseChoice, Mode, PutOptions, Store};
+use neurstore::{BaseChoice, LockWait, Mode, PutOptions, Store, StoreOptions};
 
 use crate::output::{Bar, Printer};
 
@@ -23,9 +25,21 @@ struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// Worker threads for compression and decompression [default: all cores].
+    /// Worker threads for compression and decompression [default: all cores; at most that].
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// For commands that write (put, rm, gc, upgrade): wait for another writer to finish,
+    /// up to SECONDS, or as long as it takes when no value is given [default: fail at once,
+    /// naming the process that holds the store].
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECONDS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "inf"
+    )]
+    wait: Option<f64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -62,14 +76,26 @@ enum Command {
         /// Report ratio, bits per weight and max error per tensor without writing anything.
         #[arg(long)]
         dry_run: bool,
+        /// Accept a tolerance at or above a tensor's largest magnitude (that tensor is then
+        /// stored as a constant).
+        #[arg(long)]
+        force: bool,
+        /// Follow symbolic links in the model directory that point outside it (by default
+        /// only links that stay inside it, or a Hugging Face cache snapshot's links into its
+        /// blobs/, are followed).
+        #[arg(long)]
+        follow_symlinks: bool,
     },
     /// Write model NAME back out: a safetensors file, or a directory for directory models.
     Get {
         /// Model name.
         name: String,
-        /// Output file or directory.
+        /// Output file or directory (a new path, or an empty directory).
         #[arg(short, long)]
         output: PathBuf,
+        /// Replace an existing output file.
+        #[arg(long)]
+        force: bool,
     },
     /// List models.
     Ls,
@@ -86,7 +112,8 @@ enum Command {
     /// Return the space of removed models and interrupted writes (a format-1 store is
     /// upgraded to format 2 on the way).
     Gc,
-    /// Rewrite a format-1 store in format 2.
+    /// Bring the store to this version's format: the catalog's schema, and a format-1 store
+    /// rewritten in format 2 (commands that only read never change either).
     Upgrade,
     /// Rebuild a lost or damaged catalog from the packs alone (the old one is kept, renamed).
     Recover,
@@ -103,10 +130,22 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", output::sentence(&e));
+            // A closed pipe is the reader's choice (`| head`), not an error.
+            if is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
+            let line = format!("error: {}", text::esc(&output::sentence(&e)));
+            let _ = writeln!(std::io::stderr(), "{line}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn default_store() -> anyhow::Result<PathBuf> {
@@ -115,19 +154,67 @@ fn default_store() -> anyhow::Result<PathBuf> {
     Ok(Path::new(&home).join(".local/share/neurstore"))
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Some(n) = cli.threads {
-        if n == 0 {
-            bail!("--threads must be at least 1");
-        }
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .context("setting up threads")?;
+/// `--threads N`, clamped to the cores (with a note), applied to the global pool.
+fn set_threads(requested: Option<usize>) -> anyhow::Result<()> {
+    let Some(n) = requested else { return Ok(()) };
+    let threads = neurstore::threads(n)?;
+    if let Some(note) = &threads.note {
+        let _ = writeln!(std::io::stderr(), "note: {note}");
     }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.count)
+        .build_global()
+        .context("setting up threads")
+}
+
+/// `--wait[=SECONDS]` as the lock wait of a writer.
+fn lock_wait(wait: Option<f64>) -> anyhow::Result<LockWait> {
+    Ok(match wait {
+        None => LockWait::No,
+        Some(s) if s == f64::INFINITY => LockWait::Forever,
+        Some(s) if s.is_finite() && s >= 0.0 => {
+            LockWait::For(std::time::Duration::from_secs_f64(s.min(1e9)))
+        }
+        Some(s) => anyhow::bail!("--wait: {s} is not a number of seconds; give one such as 30"),
+    })
+}
+
+/// The store and what a command was doing with it, for errors.
+struct Target<'a> {
+    root: &'a Path,
+    wait: LockWait,
+}
+
+impl Target<'_> {
+    fn reader(&self) -> anyhow::Result<Store> {
+        Ok(Store::open(self.root).map_err(|e| neurstore::in_store(e, self.root, "open"))?)
+    }
+
+    fn writer(&self) -> anyhow::Result<Store> {
+        let options = StoreOptions {
+            write: true,
+            wait: self.wait,
+            ..Default::default()
+        };
+        Ok(Store::open_with(self.root, options)
+            .map_err(|e| neurstore::in_store(e, self.root, "open for writing"))?)
+    }
+
+    /// Names the store and the action in a catalog error.
+    fn doing<T>(&self, action: &str, r: neurstore::Result<T>) -> anyhow::Result<T> {
+        Ok(r.map_err(|e| neurstore::in_store(e, self.root, action))?)
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    set_threads(cli.threads)?;
     let root = match cli.store {
         Some(dir) => dir,
         None => default_store()?,
+    };
+    let target = Target {
+        root: &root,
+        wait: lock_wait(cli.wait)?,
     };
     let out = Printer { json: cli.json };
     let bar = Bar::new(!cli.json);
@@ -146,74 +233,72 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             base,
             max_chain_depth,
             dry_run,
+            force,
+            follow_symlinks,
         } => {
-            let mut options = PutOptions {
-                mode: match (tolerance, rel_tolerance) {
-                    (Some(t), _) => Mode::Absolute(t),
-                    (None, Some(r)) => Mode::Relative(r),
-                    (None, None) => Mode::Lossless,
-                },
-                base: match base.as_str() {
-                    "auto" => BaseChoice::Auto,
-                    "none" => BaseChoice::None,
-                    model => BaseChoice::Model(model.to_string()),
-                },
+            let options = PutOptions {
+                mode: Mode::from_tolerances(tolerance, rel_tolerance)?,
+                base: BaseChoice::from_arg(&base)?,
+                metadata: neurstore::metadata_from_pairs(&meta)?,
                 max_chain_depth,
                 dry_run,
-                ..PutOptions::default()
+                force,
+                follow_symlinks,
             };
-            for kv in meta {
-                let Some((k, v)) = kv.split_once('=') else {
-                    bail!("--meta takes KEY=VALUE, got {kv:?}");
-                };
-                options
-                    .metadata
-                    .insert(k.to_string(), serde_json::Value::String(v.to_string()));
-            }
+            options.check()?;
             let store = if dry_run {
-                Store::open(&root)?
+                target.reader()?
             } else {
-                Store::open_writer(&root)?
+                target.writer()?
             };
-            let report = store.put(&name, &path, &options, &bar)?;
+            let report =
+                target.doing("put a model into", store.put(&name, &path, &options, &bar))?;
             out.put(&report);
         }
-        Command::Get { name, output } => {
-            let store = Store::open(&root)?;
-            let report = store.get(&name, &output, &bar)?;
+        Command::Get {
+            name,
+            output,
+            force,
+        } => {
+            neurstore::check_output(&output, force)?;
+            let store = target.reader()?;
+            let report = target.doing("read", store.get(&name, &output, &bar))?;
             out.get(&report);
         }
-        Command::Ls => out.ls(&Store::open(&root)?.list()?),
-        Command::Info { name } => out.info(&Store::open(&root)?.info(&name)?),
-        Command::Rm { name } => out.rm(&Store::open_writer(&root)?.remove(&name)?),
+        Command::Ls => out.ls(&target.doing("list", target.reader()?.list())?),
+        Command::Info { name } => out.info(&target.doing("read", target.reader()?.info(&name))?),
+        Command::Rm { name } => {
+            out.rm(&target.doing("remove a model from", target.writer()?.remove(&name))?)
+        }
         Command::Gc => {
-            out.gc(&Store::open_writer(&root)?.gc(&bar)?);
+            let store = target.writer()?;
+            out.gc(&target.doing("collect garbage in", store.gc(&bar))?);
         }
         Command::Upgrade => {
-            let store = Store::open_writer(&root)?;
+            let store = target.writer()?;
             let was = store.format_version();
-            let report = store.upgrade(&bar)?;
+            let report = target.doing("upgrade", store.upgrade(&bar))?;
             if was == 2 {
-                eprintln!("the store is already in format 2; nothing to do");
+                eprintln!("the store is already in format 2 (its catalog's schema is current); nothing else to do");
             }
             out.gc(&report);
         }
         Command::Recover => {
-            let r = Store::recover(&root)?;
+            let r = target.doing("recover", Store::recover(&root))?;
             out.recover(&r);
             if !r.lost_models.is_empty() {
                 return Ok(ExitCode::FAILURE);
             }
         }
         Command::Verify => {
-            let report = Store::open(&root)?.verify(&bar)?;
+            let report = target.doing("verify", target.reader()?.verify(&bar))?;
             out.verify(&report);
             if !report.problems.is_empty() {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Stats => out.stats(&Store::open(&root)?.stats()?),
-        Command::Embed(request) => out.embed(&embed::embed(&root, &request, &bar)?),
+        Command::Stats => out.stats(&target.doing("read", target.reader()?.stats())?),
+        Command::Embed(request) => out.embed(&embed::embed(&target, &request, &bar)?),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,8 @@ use neurstore::{
 };
 use serde::Serialize;
 
+use crate::text::{esc, esc_path, when};
+
 /// `println!` that ends the process quietly when stdout is closed (e.g. piped into `head`).
 macro_rules! say {
     ($($arg:tt)*) => {{
@@ -38,45 +40,50 @@ impl Printer {
 
     pub fn init(&self, root: &Path) {
         self.emit(&serde_json::json!({ "store": root }), || {
-            say!("created an empty store at {}", root.display())
+            say!("created an empty store at {}", esc_path(root))
         });
     }
 
     pub fn put(&self, r: &PutReport) {
         self.emit(r, || {
             if r.dry_run {
-                let width = r.tensor_reports.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+                let width = r.tensor_reports.iter().map(|t| esc(&t.name).chars().count()).max().unwrap_or(4).max(4);
                 say!("  {:<width$}  {:<6} {:<10} {:>10} {:>10} {:>6} {:>10}  BASE", "NAME", "DTYPE", "CODEC", "RAW", "STORED", "BITS", "MAX ERR");
                 for t in &r.tensor_reports {
                     let codec = if t.deduplicated { "duplicate" } else { t.codec };
                     say!(
                         "  {:<width$}  {:<6} {:<10} {:>10} {:>10} {:>6.2} {:>10.3e}  {}",
-                        t.name,
+                        esc(&t.name),
                         t.dtype,
                         codec,
                         bytes(t.raw_bytes),
                         bytes(t.stored_bytes),
                         t.bits_per_element,
                         t.max_error,
-                        t.base.as_deref().unwrap_or("")
+                        esc(t.base.as_deref().unwrap_or(""))
                     );
                 }
             }
             let verb = if r.dry_run { "would store" } else { "stored" };
+            let gain = if r.fully_deduplicated {
+                "fully deduplicated".to_string()
+            } else {
+                format!("{} new ({:.2}x)", bytes(r.stored_bytes_added), r.ratio)
+            };
             say!(
-                "{verb} {:?} ({}): {} tensors in {} files, {} raw -> {} new ({:.2}x); {} new objects, {} deltas, {} already stored; max error {:.3e}{}",
-                r.name,
+                "{verb} {} ({}): {} tensors in {} files, {} raw ({} tensors, {} other) -> {gain}; {} new objects, {} deltas, {} already stored; max error {:.3e}{}",
+                esc(&format!("{:?}", r.name)),
                 r.mode,
                 r.tensors,
                 r.files,
                 bytes(r.raw_bytes),
-                bytes(r.stored_bytes_added),
-                r.ratio,
+                bytes(r.tensor_bytes),
+                bytes(r.other_bytes),
                 r.new_objects,
                 r.delta_tensors,
                 r.deduplicated_objects,
                 r.max_error,
-                r.base_model.as_ref().map(|b| format!("; base model {b:?}")).unwrap_or_default()
+                r.base_model.as_ref().map(|b| format!("; base model {}", esc(&format!("{b:?}")))).unwrap_or_default()
             )
         });
     }
@@ -84,9 +91,9 @@ impl Printer {
     pub fn get(&self, r: &GetReport) {
         self.emit(r, || {
             say!(
-                "wrote {:?} to {} ({} files, {})",
-                r.name,
-                r.path.display(),
+                "wrote {} to {} ({} files, {})",
+                esc(&format!("{:?}", r.name)),
+                esc_path(&r.path),
                 r.files,
                 bytes(r.bytes_written)
             )
@@ -101,23 +108,27 @@ impl Printer {
             }
             let width = models
                 .iter()
-                .map(|m| m.name.len())
+                .map(|m| esc(&m.name).chars().count())
                 .max()
                 .unwrap_or(4)
                 .max(4);
             say!(
-                "{:<width$}  {:<11}  {:>10}  created (unix)",
+                "{:<width$}  {:<11}  {:>10}  {:>10}  {:>10}  CREATED",
                 "NAME",
                 "FORMAT",
-                "RAW"
+                "RAW",
+                "TENSORS",
+                "OTHER"
             );
             for m in models {
                 say!(
-                    "{:<width$}  {:<11}  {:>10}  {}",
-                    m.name,
-                    m.source_format,
+                    "{:<width$}  {:<11}  {:>10}  {:>10}  {:>10}  {}",
+                    esc(&m.name),
+                    esc(&m.source_format),
                     bytes(m.raw_bytes),
-                    m.created_unix
+                    bytes(m.tensor_bytes),
+                    bytes(m.other_bytes),
+                    when(m.created_unix)
                 );
             }
         });
@@ -125,15 +136,20 @@ impl Printer {
 
     pub fn info(&self, m: &ModelInfo) {
         self.emit(m, || {
-            say!("model        {}", m.name);
-            say!("format       {}", m.source_format);
-            say!("mode         {}", m.mode);
+            say!("model        {}", esc(&m.name));
+            say!("format       {}", esc(&m.source_format));
+            say!("mode         {}", esc(&m.mode));
             if let Some(b) = &m.base_model {
-                say!("base model   {b}");
+                say!("base model   {}", esc(b));
             }
-            say!("created      {} (unix)", m.created_unix);
-            say!("metadata     {}", m.metadata);
-            say!("raw          {}", bytes(m.raw_bytes));
+            say!("created      {}", when(m.created_unix));
+            say!("metadata     {}", esc(&m.metadata.to_string()));
+            say!(
+                "raw          {} ({} tensors, {} other)",
+                bytes(m.raw_bytes),
+                bytes(m.tensor_bytes),
+                bytes(m.other_bytes)
+            );
             say!(
                 "stored       {} ({} used by this model alone)",
                 bytes(m.stored_bytes),
@@ -143,7 +159,7 @@ impl Printer {
             for f in &m.files {
                 say!(
                     "  {:<40} {:<11} {:>10} -> {:>10}",
-                    f.path,
+                    esc(&f.path),
                     f.kind,
                     bytes(f.raw_bytes),
                     bytes(f.stored_bytes)
@@ -153,7 +169,7 @@ impl Printer {
             let width = m
                 .tensors
                 .iter()
-                .map(|t| t.name.len())
+                .map(|t| esc(&t.name).chars().count())
                 .max()
                 .unwrap_or(4)
                 .max(4);
@@ -173,7 +189,7 @@ impl Printer {
                 let shape = format!("{:?}", t.shape);
                 say!(
                     "  {:<width$}  {:<6} {:<16} {:<12} {:>10} {:>10} {:>6.2} {:>10.3e}  {:<6}  {}",
-                    t.name,
+                    esc(&t.name),
                     t.dtype,
                     shape,
                     t.codec,
@@ -182,7 +198,7 @@ impl Printer {
                     t.bits_per_element,
                     t.max_error,
                     if t.shared { "yes" } else { "" },
-                    t.base.as_deref().unwrap_or("")
+                    esc(t.base.as_deref().unwrap_or(""))
                 );
             }
         });
@@ -190,7 +206,11 @@ impl Printer {
 
     pub fn rm(&self, r: &RemoveReport) {
         self.emit(r, || {
-            say!("removed {:?}; {} objects no longer used (run `neurstore gc` to reclaim their space)", r.name, r.objects_freed)
+            say!(
+                "removed {}; {} objects no longer used (run `neurstore gc` to reclaim their space)",
+                esc(&format!("{:?}", r.name)),
+                r.objects_freed
+            )
         });
     }
 
@@ -248,7 +268,7 @@ impl Printer {
     pub fn verify(&self, r: &VerifyReport) {
         self.emit(r, || {
             for p in &r.problems {
-                say!("problem: {p}");
+                say!("problem: {}", esc(p));
             }
             let verdict = if r.problems.is_empty() {
                 "OK".to_string()
@@ -272,7 +292,12 @@ impl Printer {
                 s.tensors,
                 s.unique_tensors
             );
-            say!("raw bytes       {}", bytes(s.raw_bytes));
+            say!(
+                "raw bytes       {} ({} tensors, {} other)",
+                bytes(s.raw_bytes),
+                bytes(s.tensor_bytes),
+                bytes(s.other_bytes)
+            );
             say!(
                 "stored bytes    {} (packs {}, catalog {})",
                 bytes(s.stored_bytes),
@@ -337,7 +362,7 @@ impl Printer {
         self.emit(r, || {
             for e in &r.embeddings {
                 let values: Vec<String> = e.embedding.iter().map(|v| format!("{v:.7}")).collect();
-                println!("{}", values.join(" "));
+                say!("{}", values.join(" "));
             }
         })
     }

@@ -102,7 +102,9 @@ fn commands_round_trip_and_report_json() {
     let put = cli.json(&["put", "a", a.to_str().unwrap(), "--meta", "source=test"]);
     assert_eq!(put["name"], "a");
     assert_eq!(u64_field(&put, "tensors"), 2);
-    assert_eq!(u64_field(&put, "raw_bytes"), raw_a);
+    // raw_bytes counts every byte of the file; tensor_bytes the tensor data alone.
+    assert_eq!(u64_field(&put, "raw_bytes"), model_a.len() as u64);
+    assert_eq!(u64_field(&put, "tensor_bytes"), raw_a);
     let put = cli.json(&["put", "b", b.to_str().unwrap()]);
     assert_eq!(u64_field(&put, "deduplicated_objects"), 1); // the shared "w"
     assert!(
@@ -127,7 +129,8 @@ fn commands_round_trip_and_report_json() {
     assert_eq!(names, ["a", "b", "c"]);
 
     let info = cli.json(&["info", "a"]);
-    assert_eq!(u64_field(&info, "raw_bytes"), raw_a);
+    assert_eq!(u64_field(&info, "raw_bytes"), model_a.len() as u64);
+    assert_eq!(u64_field(&info, "tensor_bytes"), raw_a);
     assert!(u64_field(&info, "stored_bytes") > 0);
     assert_eq!(info["metadata"]["source"], "test");
     assert_eq!(info["tensors"].as_array().unwrap().len(), 2);
@@ -138,8 +141,12 @@ fn commands_round_trip_and_report_json() {
     assert_eq!(u64_field(&stats, "tensors"), 6);
     assert_eq!(u64_field(&stats, "unique_tensors"), 3); // w, b, b2
     assert_eq!(
-        u64_field(&stats, "raw_bytes"),
+        u64_field(&stats, "tensor_bytes"),
         2 * raw_a + (weights.len() as u64 + 4) * 4
+    );
+    assert_eq!(
+        u64_field(&stats, "raw_bytes"),
+        2 * model_a.len() as u64 + model_b.len() as u64
     );
     assert!(u64_field(&stats, "stored_bytes") >= u64_field(&stats, "pack_bytes"));
     assert!(cli.ok(&["stats"]).contains("unique"));

@@ -8,113 +8,9 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::safetensors_shaped;
 use serde_json::Value;
 
-const H: usize = 8;
-const INTER: usize = 16;
-const VOCAB: usize = 12;
-const MAX_POS: usize = 16;
-
-const CONFIG: &str = r#"{"hidden_size":8,"num_hidden_layers":1,"num_attention_heads":2,
-"intermediate_size":16,"max_position_embeddings":16,"layer_norm_eps":1e-12,"hidden_act":"gelu"}"#;
-
-/// A BERT WordPiece tokenizer with a 12-token vocabulary.
-const TOKENIZER: &str = r###"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
-"normalizer":{"type":"BertNormalizer","clean_text":true,"handle_chinese_chars":true,
- "strip_accents":null,"lowercase":true},
-"pre_tokenizer":{"type":"BertPreTokenizer"},
-"post_processor":{"type":"TemplateProcessing",
- "single":[{"SpecialToken":{"id":"[CLS]","type_id":0}},{"Sequence":{"id":"A","type_id":0}},
-           {"SpecialToken":{"id":"[SEP]","type_id":0}}],
- "pair":[{"SpecialToken":{"id":"[CLS]","type_id":0}},{"Sequence":{"id":"A","type_id":0}},
-         {"SpecialToken":{"id":"[SEP]","type_id":0}},{"Sequence":{"id":"B","type_id":1}},
-         {"SpecialToken":{"id":"[SEP]","type_id":1}}],
- "special_tokens":{"[CLS]":{"id":"[CLS]","ids":[2],"tokens":["[CLS]"]},
-                   "[SEP]":{"id":"[SEP]","ids":[3],"tokens":["[SEP]"]}}},
-"decoder":null,
-"model":{"type":"WordPiece","unk_token":"[UNK]","continuing_subword_prefix":"##",
- "max_input_chars_per_word":100,
- "vocab":{"[PAD]":0,"[UNK]":1,"[CLS]":2,"[SEP]":3,"hello":4,"world":5,"store":6,"model":7,
-          "the":8,"a":9,"##s":10,".":11}}}"###;
-
-/// Deterministic pseudo-random weights in [-scale, scale) around `offset`.
-fn values(n: usize, seed: &mut u64, scale: f32, offset: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            *seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            offset + scale * (((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
-        })
-        .collect()
-}
-
-fn write_model(dir: &Path, with_tokenizer: bool) {
-    let mut seed = 7u64;
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-    let mut t = |name: &str, shape: Vec<usize>, scale: f32, offset: f32| {
-        let n = shape.iter().product();
-        tensors.push((name.to_string(), shape, values(n, &mut seed, scale, offset)));
-    };
-    t(
-        "embeddings.word_embeddings.weight",
-        vec![VOCAB, H],
-        0.5,
-        0.0,
-    );
-    t(
-        "embeddings.position_embeddings.weight",
-        vec![MAX_POS, H],
-        0.3,
-        0.0,
-    );
-    t(
-        "embeddings.token_type_embeddings.weight",
-        vec![2, H],
-        0.3,
-        0.0,
-    );
-    for norm in [
-        "embeddings.LayerNorm",
-        "encoder.layer.0.attention.output.LayerNorm",
-        "encoder.layer.0.output.LayerNorm",
-    ] {
-        t(&format!("{norm}.weight"), vec![H], 0.1, 1.0);
-        t(&format!("{norm}.bias"), vec![H], 0.1, 0.0);
-    }
-    for (name, rows, cols) in [
-        ("attention.self.query", H, H),
-        ("attention.self.key", H, H),
-        ("attention.self.value", H, H),
-        ("attention.output.dense", H, H),
-        ("intermediate.dense", INTER, H),
-        ("output.dense", H, INTER),
-    ] {
-        t(
-            &format!("encoder.layer.0.{name}.weight"),
-            vec![rows, cols],
-            0.4,
-            0.0,
-        );
-        t(
-            &format!("encoder.layer.0.{name}.bias"),
-            vec![rows],
-            0.1,
-            0.0,
-        );
-    }
-    let refs: Vec<(&str, Vec<usize>, &[f32])> = tensors
-        .iter()
-        .map(|(n, s, v)| (n.as_str(), s.clone(), v.as_slice()))
-        .collect();
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("model.safetensors"), safetensors_shaped(&refs)).unwrap();
-    std::fs::write(dir.join("config.json"), CONFIG).unwrap();
-    if with_tokenizer {
-        std::fs::write(dir.join("tokenizer.json"), TOKENIZER).unwrap();
-    }
-}
+use common::bert::{CONFIG, H, TOKENIZER, write_model};
 
 fn ns(store: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_neurstore"))
@@ -208,7 +104,8 @@ fn embeds_from_compressed_weights_like_the_dense_model() {
     // Different texts give different embeddings.
     assert!(qv[0].iter().zip(&qv[1]).any(|(x, y)| (x - y).abs() > 1e-3));
 
-    // A file of lines (blank ones skipped) and stdin give the same vectors as --text.
+    // A file of lines and stdin give the same vectors as --text; a blank line is embedded
+    // too, so output line N belongs to input line N.
     let lines = dir.path().join("lines.txt");
     std::fs::write(&lines, "Hello world.\n\nthe models store\n").unwrap();
     let from_file = ok_json(
@@ -216,7 +113,22 @@ fn embeds_from_compressed_weights_like_the_dense_model() {
         &["embed", "q", "--json", "--file", lines.to_str().unwrap()],
         None,
     );
-    assert_eq!(vectors(&from_file), qv);
+    let fv = vectors(&from_file);
+    assert_eq!(fv.len(), 3);
+    // (Within float noise: the blank line changes the batch's padding.)
+    for (got, want) in [(&fv[0], &qv[0]), (&fv[2], &qv[1])] {
+        assert!(
+            got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-5),
+            "{got:?} {want:?}"
+        );
+    }
+    assert_eq!(from_file["embeddings"][1]["text"], "");
+    let out = ns(
+        &store,
+        &["embed", "q", "--file", lines.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 3);
     let from_stdin = ok_json(
         &store,
         &["embed", "q", "--json", "--file", "-"],
@@ -284,4 +196,99 @@ fn missing_pieces_are_clear_errors() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_closed_pipe_ends_embed_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    write_model(&dir.path().join("bert"), true);
+    assert!(ns(&store, &["init"], None).status.success());
+    let bert = dir.path().join("bert");
+    assert!(
+        ns(&store, &["put", "m", bert.to_str().unwrap()], None)
+            .status
+            .success()
+    );
+    // Far more output than a pipe holds, to a reader that has gone (`| head -1` after line 1).
+    let texts = "hello world\n".repeat(8000);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_neurstore"))
+        .env_remove("NEURSTORE_DIR")
+        .arg("--store")
+        .arg(&store)
+        .args(["embed", "m", "--file", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(texts.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn embed_runs_as_a_user_who_cannot_write_the_store() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: the read-only check runs as root, to act as a second user");
+        return;
+    }
+    let has_reader = Command::new("id")
+        .arg("nsreader")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        || Command::new("useradd")
+            .args(["-M", "-r", "-s", "/usr/sbin/nologin", "nsreader"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !has_reader {
+        eprintln!("skipped: could not create the user nsreader");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("neurstore");
+    std::fs::copy(env!("CARGO_BIN_EXE_neurstore"), &bin).unwrap();
+    let store = dir.path().join("store");
+    write_model(&dir.path().join("bert"), true);
+    assert!(ns(&store, &["init"], None).status.success());
+    let bert = dir.path().join("bert");
+    assert!(
+        ns(&store, &["put", "m", bert.to_str().unwrap()], None)
+            .status
+            .success()
+    );
+    let out = Command::new("runuser")
+        .args(["-u", "nsreader", "--"])
+        .arg(&bin)
+        .arg("--store")
+        .arg(&store)
+        .args(["embed", "m", "--text", "hello world", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(vectors(&v).len(), 1);
 }

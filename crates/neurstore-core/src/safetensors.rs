@@ -12,7 +12,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde_json::Value;
 
-use crate::dtype::{DType, element_count};
+use crate::dtype::DType;
 
 /// Largest header accepted, in bytes (the same cap as the reference implementation).
 pub const MAX_HEADER_LEN: u64 = 100_000_000;
@@ -160,6 +160,7 @@ pub fn parse_header(header_json: &[u8], file_len: u64) -> Result<Header, FormatE
         if name == "__metadata__" {
             metadata = Some(parse_metadata(value)?);
         } else {
+            check_name(&name)?;
             tensors.push(parse_tensor(name, value, data_len)?);
         }
     }
@@ -231,13 +232,7 @@ fn parse_tensor(name: String, value: Value, data_len: u64) -> Result<TensorInfo,
             "data_offsets [{start}, {end}] run past the {data_len}-byte data buffer"
         )));
     }
-    let elements =
-        element_count(&shape).ok_or_else(|| bad("shape's element count overflows".into()))?;
-    let expected = dtype.byte_len(elements).ok_or_else(|| {
-        bad(format!(
-            "{elements} {dtype} elements do not fill whole bytes"
-        ))
-    })?;
+    let (_, expected) = checked_size(dtype, &shape).map_err(bad)?;
     if expected != end - start {
         return Err(bad(format!(
             "shape {shape:?} of {dtype} needs {expected} bytes but data_offsets span {}",
@@ -307,9 +302,8 @@ pub fn build_header(
             name: name.clone(),
             detail: detail.into(),
         };
-        let len = element_count(shape)
-            .and_then(|n| dtype.byte_len(n))
-            .ok_or_else(|| bad("shape's byte size overflows or splits a byte"))?;
+        check_name(name)?;
+        let (_, len) = checked_size(*dtype, shape).map_err(|d| bad(&d))?;
         let end = offset
             .checked_add(len)
             .ok_or_else(|| bad("data buffer overflows"))?;
@@ -333,8 +327,12 @@ pub fn build_header(
     Ok((json, infos))
 }
 
-// serde_json keeps the last of duplicate keys silently; this map deserializer refuses them.
+// serde_json keeps the last of duplicate keys silently; these deserializers refuse them, at
+// every depth: the top-level map, each tensor entry, `__metadata__`, and anything nested.
 struct UniqueMap;
+
+/// A JSON value whose objects, at every depth, hold each key once.
+struct StrictValue;
 
 const DUPLICATE_MARKER: &str = "neurstore-duplicate-key:";
 
@@ -365,14 +363,100 @@ impl<'de> Visitor<'de> for UniqueMap {
             if !seen.insert(key.clone()) {
                 return Err(de::Error::custom(format!("{DUPLICATE_MARKER}{key}")));
             }
-            let value = if key == "__metadata__" {
-                Value::Object(access.next_value_seed(UniqueMap)?.into_iter().collect())
-            } else {
-                access.next_value::<Value>()?
-            };
+            let value = access.next_value_seed(StrictValue)?;
             out.push((key, value));
         }
         Ok(out)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for StrictValue {
+    type Value = Value;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictValue {
+    type Value = Value;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(StrictValue)? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, access: A) -> Result<Value, A::Error> {
+        Ok(Value::Object(
+            UniqueMap.visit_map(access)?.into_iter().collect(),
+        ))
+    }
+}
+
+/// Element count and byte length of `shape`, refusing shapes whose dimensions or byte size
+/// pass what a program can address even where a zero dimension makes the tensor empty
+/// (`[0, 2^63]` describes no bytes, but no reader could index it).
+pub fn checked_size(dtype: DType, shape: &[u64]) -> Result<(u64, u64), String> {
+    let limit = isize::MAX as u64;
+    let mut nonzero = 1u64;
+    for &d in shape {
+        if d > limit {
+            return Err(format!("dimension {d} is past the addressable limit"));
+        }
+        if d != 0 {
+            nonzero = nonzero
+                .checked_mul(d)
+                .filter(|&n| n <= limit)
+                .ok_or_else(|| "shape's element count overflows".to_string())?;
+        }
+    }
+    let bits = nonzero
+        .checked_mul(dtype.bits())
+        .filter(|&b| b / 8 <= limit)
+        .ok_or_else(|| "shape's byte size overflows".to_string())?;
+    if shape.contains(&0) {
+        return Ok((0, 0));
+    }
+    if bits % 8 != 0 {
+        return Err(format!(
+            "{nonzero} {dtype} elements do not fill whole bytes"
+        ));
+    }
+    Ok((nonzero, bits / 8))
+}
+
+/// Tensor names are printed and written back: no control characters.
+fn check_name(name: &str) -> Result<(), FormatError> {
+    match name.chars().find(|c| c.is_control()) {
+        Some(c) => Err(FormatError::BadTensor {
+            name: name.to_string(),
+            detail: format!("name holds the control character {:?}", c),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -446,6 +530,41 @@ mod tests {
             ),
             (r#"{"__metadata__":{"k":1}}"#, 0, "must be a string"),
             (r#"{"__metadata__":{"k":"1","k":"2"}}"#, 0, "duplicate"),
+            (
+                r#"{"a":{"dtype":"F32","dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+                8,
+                "duplicate key \"dtype\"",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"shape":[2]}}"#,
+                8,
+                "duplicate key \"shape\"",
+            ),
+            (
+                r#"{"a":{"dtype":"U8","shape":[0,9223372036854775808],"data_offsets":[0,0]}}"#,
+                0,
+                "addressable limit",
+            ),
+            (
+                r#"{"a":{"dtype":"U8","shape":[0,4294967296,4294967296],"data_offsets":[0,0]}}"#,
+                0,
+                "overflows",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[0,4611686018427387904],"data_offsets":[0,0]}}"#,
+                0,
+                "byte size overflows",
+            ),
+            (
+                r#"{"a\u001b[2J":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+                8,
+                "control character",
+            ),
+            (
+                r#"{"a\ud800":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+                8,
+                "not valid",
+            ),
             (r#"[1,2]"#, 0, "start with"),
             (r#"{"a": nope}"#, 0, "not valid"),
         ];
@@ -453,6 +572,39 @@ mod tests {
             let err = parse(&file(h, *n)).unwrap_err().to_string();
             assert!(err.contains(needle), "{h}: got {err:?}, wanted {needle:?}");
         }
+    }
+
+    #[test]
+    fn rejects_invalid_utf8_names() {
+        let mut header = br#"{"a"#.to_vec();
+        header.push(0xff);
+        header.extend_from_slice(br#"":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#);
+        let mut f = (header.len() as u64).to_le_bytes().to_vec();
+        f.extend_from_slice(&header);
+        f.extend_from_slice(&[0; 8]);
+        assert!(matches!(parse(&f), Err(FormatError::InvalidHeader(_))));
+    }
+
+    #[test]
+    fn empty_shapes_of_addressable_size_parse() {
+        let h = r#"{"a":{"dtype":"F32","shape":[0,1024,1024],"data_offsets":[0,0]},"b":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#;
+        let parsed = parse(&file(h, 1)).unwrap();
+        assert_eq!(parsed.tensors[0].byte_len(), 0);
+    }
+
+    #[test]
+    fn empty_sub_byte_tensors_take_no_bytes() {
+        assert_eq!(checked_size(DType::F4, &[0, 1]), Ok((0, 0)));
+        assert_eq!(checked_size(DType::F6E3M2, &[2, 0]), Ok((0, 0)));
+        assert!(checked_size(DType::F4, &[1]).is_err());
+    }
+
+    #[test]
+    fn built_header_refuses_what_the_parser_refuses() {
+        let huge = vec![("a".to_string(), DType::U8, vec![0, 1 << 63])];
+        assert!(build_header(&huge, None).is_err());
+        let escape = vec![("\u{1b}]0;x\u{7}".to_string(), DType::U8, vec![1])];
+        assert!(build_header(&escape, None).is_err());
     }
 
     #[test]

@@ -9,9 +9,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use serde_json::Value;
 
-use crate::InvalidInput;
+use crate::to_py_err;
 
-/// Builds `PutOptions` from the keyword arguments of `put`.
+/// Builds `PutOptions` from the keyword arguments of `put`; the facade checks every value
+/// (the same rules and words as the command line).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn put_options(
     base: &str,
     tolerance: Option<f64>,
@@ -19,40 +21,23 @@ pub(crate) fn put_options(
     metadata_json: Option<&str>,
     dry_run: bool,
     max_chain_depth: u32,
+    force: bool,
+    follow_symlinks: bool,
 ) -> PyResult<PutOptions> {
-    let mode = match (tolerance, rel_tolerance) {
-        (None, None) => Mode::Lossless,
-        (Some(t), None) => Mode::Absolute(t),
-        (None, Some(t)) => Mode::Relative(t),
-        (Some(_), Some(_)) => {
-            return Err(InvalidInput::new_err(
-                "give tolerance or rel_tolerance, not both",
-            ));
-        }
-    };
-    let base = match base {
-        "auto" => BaseChoice::Auto,
-        "none" => BaseChoice::None,
-        name => BaseChoice::Model(name.to_string()),
-    };
-    let metadata = match metadata_json {
-        None => serde_json::Map::new(),
-        Some(text) => match serde_json::from_str(text) {
-            Ok(Value::Object(map)) => map,
-            _ => {
-                return Err(InvalidInput::new_err(
-                    "metadata must be a dict with string keys and JSON values",
-                ));
-            }
+    let options = PutOptions {
+        mode: Mode::from_tolerances(tolerance, rel_tolerance).map_err(to_py_err)?,
+        base: BaseChoice::from_arg(base).map_err(to_py_err)?,
+        metadata: match metadata_json {
+            None => serde_json::Map::new(),
+            Some(text) => neurstore::metadata_from_json(text).map_err(to_py_err)?,
         },
-    };
-    Ok(PutOptions {
-        metadata,
-        mode,
-        base,
         dry_run,
         max_chain_depth,
-    })
+        force,
+        follow_symlinks,
+    };
+    options.check().map_err(to_py_err)?;
+    Ok(options)
 }
 
 /// A report (any `Serialize` type) as plain Python dicts, lists and scalars.

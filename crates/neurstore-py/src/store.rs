@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use neurstore::{ErrorKind, NoProgress, Store as CoreStore, TensorInput};
+use neurstore::{ErrorKind, LockWait, NoProgress, Store as CoreStore, StoreOptions, TensorInput};
 use numpy::{PyReadonlyArray1, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -20,11 +20,27 @@ struct Handle {
     writer: bool,
 }
 
+/// `wait=` of `open`: `None` fails at once when another process writes, a number of seconds
+/// waits that long, `float("inf")` as long as it takes.
+fn lock_wait(wait: Option<f64>) -> PyResult<LockWait> {
+    match wait {
+        None => Ok(LockWait::No),
+        Some(s) if s == f64::INFINITY => Ok(LockWait::Forever),
+        Some(s) if s.is_finite() && s >= 0.0 => Ok(LockWait::For(
+            std::time::Duration::from_secs_f64(s.min(1e9)),
+        )),
+        Some(s) => Err(InvalidInput::new_err(format!(
+            "wait must be None, True or a number of seconds >= 0, not {s}"
+        ))),
+    }
+}
+
 /// An open store (native half; see `neurstore.Store` for the documented API).
 #[pyclass(frozen, module = "neurstore._neurstore")]
 pub(crate) struct Store {
     root: PathBuf,
     writable: bool,
+    wait: LockWait,
     /// `None` once closed.
     handle: Mutex<Option<Handle>>,
 }
@@ -47,39 +63,66 @@ impl Store {
     fn writer(&self) -> PyResult<Arc<CoreStore>> {
         if !self.writable {
             return Err(InvalidInput::new_err(format!(
-                "{} is open read-only; open it with writable=True to change it",
+                "{} is open read-only; open it with read_only=False to change it",
                 self.root.display()
             )));
         }
         let mut guard = self.handle.lock().unwrap_or_else(|e| e.into_inner());
         let handle = guard.as_mut().ok_or_else(closed)?;
         if !handle.writer {
-            handle.store = Arc::new(CoreStore::open_writer(&self.root).map_err(to_py_err)?);
+            let options = StoreOptions {
+                write: true,
+                wait: self.wait,
+                ..Default::default()
+            };
+            let store = CoreStore::open_with(&self.root, options)
+                .map_err(|e| to_py_err(neurstore::in_store(e, &self.root, "open for writing")))?;
+            handle.store = Arc::new(store);
             handle.writer = true;
         }
         Ok(handle.store.clone())
     }
 }
 
-fn open_or_create(root: &Path, create: bool) -> PyResult<CoreStore> {
-    match CoreStore::open(root) {
-        Err(e) if create && e.kind() == ErrorKind::NotFound => {
+/// The reading handle: read-only (nothing created, migrated or locked) for a store opened
+/// `read_only=True`; otherwise an ordinary reader, creating the store when asked.
+fn open_or_create(root: &Path, create: bool, read_only: bool) -> PyResult<CoreStore> {
+    let open = || {
+        CoreStore::open_with(
+            root,
+            StoreOptions {
+                read_only,
+                ..Default::default()
+            },
+        )
+    };
+    let err = |e| to_py_err(neurstore::in_store(e, root, "open"));
+    match open() {
+        Err(e) if create && !read_only && e.kind() == ErrorKind::NotFound => {
             CoreStore::init(root).map_err(to_py_err)?;
-            CoreStore::open(root).map_err(to_py_err)
+            open().map_err(err)
         }
-        other => other.map_err(to_py_err),
+        other => other.map_err(err),
     }
 }
 
 #[pymethods]
 impl Store {
     #[new]
-    #[pyo3(signature = (path, create = true, writable = true))]
-    fn new(py: Python<'_>, path: PathBuf, create: bool, writable: bool) -> PyResult<Self> {
-        let store = py.detach(|| open_or_create(&path, create && writable))?;
+    #[pyo3(signature = (path, create = true, writable = true, wait = None))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        create: bool,
+        writable: bool,
+        wait: Option<f64>,
+    ) -> PyResult<Self> {
+        let wait = lock_wait(wait)?;
+        let store = py.detach(|| open_or_create(&path, create && writable, !writable))?;
         Ok(Store {
             root: path,
             writable,
+            wait,
             handle: Mutex::new(Some(Handle {
                 store: Arc::new(store),
                 writer: false,
@@ -124,7 +167,7 @@ impl Store {
         py.detach(move || drop(handle));
     }
 
-    #[pyo3(signature = (name, path, base, tolerance, rel_tolerance, metadata_json, dry_run, max_chain_depth))]
+    #[pyo3(signature = (name, path, base, tolerance, rel_tolerance, metadata_json, dry_run, max_chain_depth, force = false, follow_symlinks = false))]
     #[allow(clippy::too_many_arguments)]
     fn put_path<'py>(
         &self,
@@ -137,6 +180,8 @@ impl Store {
         metadata_json: Option<&str>,
         dry_run: bool,
         max_chain_depth: u32,
+        force: bool,
+        follow_symlinks: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let options = put_options(
             base,
@@ -145,6 +190,8 @@ impl Store {
             metadata_json,
             dry_run,
             max_chain_depth,
+            force,
+            follow_symlinks,
         )?;
         let done = py.detach(|| {
             let store = if dry_run {
@@ -159,7 +206,7 @@ impl Store {
         report(py, &done)
     }
 
-    #[pyo3(signature = (name, tensors, file_metadata, base, tolerance, rel_tolerance, metadata_json, dry_run, max_chain_depth))]
+    #[pyo3(signature = (name, tensors, file_metadata, base, tolerance, rel_tolerance, metadata_json, dry_run, max_chain_depth, force = false))]
     #[allow(clippy::too_many_arguments)]
     fn put_arrays<'py>(
         &self,
@@ -173,6 +220,7 @@ impl Store {
         metadata_json: Option<&str>,
         dry_run: bool,
         max_chain_depth: u32,
+        force: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let options = put_options(
             base,
@@ -181,6 +229,8 @@ impl Store {
             metadata_json,
             dry_run,
             max_chain_depth,
+            force,
+            false,
         )?;
         let mut dtypes = Vec::with_capacity(tensors.len());
         for (tensor, dtype, _, array) in &tensors {
@@ -228,13 +278,16 @@ impl Store {
         tensors.into_iter().map(|t| tensor_tuple(py, t)).collect()
     }
 
+    #[pyo3(signature = (name, path, force = false))]
     fn export<'py>(
         &self,
         py: Python<'py>,
         name: &str,
         path: PathBuf,
+        force: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let done = py.detach(|| {
+            neurstore::check_output(&path, force).map_err(to_py_err)?;
             self.reader()?
                 .get(name, &path, &NoProgress)
                 .map_err(to_py_err)

@@ -73,6 +73,64 @@ impl FsBackend {
 
 struct FsFile(File);
 
+/// Permission bits a file created in a directory of mode `dir_mode` takes: the directory's read
+/// and write bits for group and others (never execute), read and write for the owner. A store
+/// directory of mode 2775 shared by a group gives 0664 files; a private 0700 one gives 0600.
+pub fn file_mode_for(dir_mode: u32) -> u32 {
+    0o600 | (dir_mode & 0o066)
+}
+
+/// Gives a file created in the store directory `dir` the directory's group and permission bits
+/// ([`file_mode_for`]), so every member of a group sharing the store can use what another
+/// wrote. Best effort where the file belongs to another user (it was shared already).
+pub fn share_like_dir(file: &File, dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let d = fs::metadata(dir)?;
+    let f = file.metadata()?;
+    let mode = file_mode_for(d.mode());
+    let result = (|| {
+        if f.gid() != d.gid() {
+            std::os::unix::fs::fchown(file, None, Some(d.gid()))?;
+        }
+        if f.mode() & 0o777 != mode {
+            file.set_permissions(fs::Permissions::from_mode(mode))?;
+        }
+        Ok(())
+    })();
+    ignore_not_permitted(result)
+}
+
+/// [`share_like_dir`] for a path: a file (as [`file_mode_for`]) or a subdirectory (the
+/// directory's own mode, setgid bit included).
+pub fn share_path_like_dir(path: &Path, dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let d = fs::metadata(dir)?;
+    let f = fs::metadata(path)?;
+    let mode = if f.is_dir() {
+        d.mode() & 0o7777
+    } else {
+        file_mode_for(d.mode())
+    };
+    let result = (|| {
+        if f.gid() != d.gid() {
+            std::os::unix::fs::chown(path, None, Some(d.gid()))?;
+        }
+        if f.mode() & 0o7777 != mode {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+        }
+        Ok(())
+    })();
+    ignore_not_permitted(result)
+}
+
+/// A group or mode change another user's file refuses is left as it is.
+fn ignore_not_permitted(result: io::Result<()>) -> io::Result<()> {
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(()),
+        other => other,
+    }
+}
+
 impl Backend for FsBackend {
     fn open(&self, name: &str, create: bool) -> io::Result<Arc<dyn StorageFile>> {
         // Never through a symbolic link: a link planted in the store must not make a writer
@@ -103,6 +161,9 @@ impl Backend for FsBackend {
                     e
                 }
             })?;
+        if create {
+            share_like_dir(&file, &self.dir)?;
+        }
         Ok(Arc::new(FsFile(file)))
     }
 
@@ -155,5 +216,29 @@ impl StorageFile for FsFile {
         // truncates or rewrites bytes a reader can be told about (docs/format.md, commit protocol).
         let map = unsafe { memmap2::Mmap::map(&self.0)? };
         Ok(Some(map))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn created_files_take_the_directory_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        for (dir_mode, file_mode) in [(0o2775, 0o664), (0o755, 0o644), (0o700, 0o600)] {
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(dir_mode)).unwrap();
+            let backend = FsBackend::new(dir.path());
+            let name = format!("f{dir_mode:o}");
+            drop(backend.open(&name, true).unwrap());
+            let meta = fs::metadata(dir.path().join(&name)).unwrap();
+            assert_eq!(meta.mode() & 0o777, file_mode, "directory {dir_mode:o}");
+            assert_eq!(meta.gid(), fs::metadata(dir.path()).unwrap().gid());
+            let sub = dir.path().join(format!("d{dir_mode:o}"));
+            fs::create_dir(&sub).unwrap();
+            share_path_like_dir(&sub, dir.path()).unwrap();
+            assert_eq!(fs::metadata(&sub).unwrap().mode() & 0o7777, dir_mode);
+        }
     }
 }

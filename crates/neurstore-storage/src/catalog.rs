@@ -250,6 +250,72 @@ impl Catalog {
         Ok(())
     }
 
+    /// Opens the catalog at `path` for reading only, for a user who may not be able to write
+    /// the store: nothing is migrated, no write lock is taken, no write is accepted
+    /// (`PRAGMA query_only`), and nothing is left behind.
+    ///
+    /// A catalog in WAL mode is read through its `-shm` index and `-wal` log, which SQLite
+    /// creates when they are missing. A user who may write the directory opens it as usual
+    /// (SQLite removes both files when the last connection closes); one who may not opens it
+    /// with read-only flags, which works while the files exist (a writer has the store open).
+    /// Where they are missing and cannot be created, the database is opened `immutable`:
+    /// SQLite then reads the database file alone, without locks, trusting it not to change.
+    /// Caveat: such a reader does not see commits still in the write-ahead log, and a commit
+    /// that lands while it reads can show it a torn snapshot; row validation and model
+    /// manifests report that as corrupt, and running the command again reads the new state.
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        match Self::open_read_only_any(path) {
+            // An older schema: a user who may write the catalog migrates it (the migrations
+            // only add; a format-1 store stays format 1 and reads as before); for anyone else
+            // it stays as it is and the error says what to run.
+            Err(StorageError::NeedsUpgrade { .. }) if Self::open(path, false).is_ok() => {
+                Self::open_read_only_any(path)
+            }
+            other => other,
+        }
+    }
+
+    fn open_read_only_any(path: &Path) -> Result<Self> {
+        let mut first = None;
+        for how in [
+            ReadOnlyOpen::QueryOnly,
+            ReadOnlyOpen::Flags,
+            ReadOnlyOpen::Immutable,
+        ] {
+            match Self::open_read_only_as(path, how) {
+                Ok(catalog) => return Ok(catalog),
+                Err(StorageError::Catalog(e)) => {
+                    first.get_or_insert(e);
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Err(StorageError::Catalog(first.expect("an attempt failed")))
+    }
+
+    fn open_read_only_as(path: &Path, how: ReadOnlyOpen) -> Result<Self> {
+        let mut flags = OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+        let mut uri = format!("file:{}", uri_path(path));
+        match how {
+            ReadOnlyOpen::QueryOnly => flags |= OpenFlags::SQLITE_OPEN_READ_WRITE,
+            ReadOnlyOpen::Flags => {
+                flags |= OpenFlags::SQLITE_OPEN_READ_ONLY;
+                uri.push_str("?mode=ro");
+            }
+            ReadOnlyOpen::Immutable => {
+                flags |= OpenFlags::SQLITE_OPEN_READ_ONLY;
+                uri.push_str("?mode=ro&immutable=1");
+            }
+        }
+        let conn = Connection::open_with_flags(uri, flags)?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        conn.pragma_update(None, "query_only", true)?;
+        // The first read opens the write-ahead log: errors of a read-only open surface here.
+        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        schema::check_readable(found, path)?;
+        Ok(Catalog { conn })
+    }
+
     /// Starts a write transaction (taking SQLite's write lock at once).
     pub fn write(&mut self) -> Result<WriteTxn<'_>> {
         let tx = self
@@ -274,6 +340,32 @@ impl Catalog {
             .map(|m| m.len())
             .sum()
     }
+}
+
+/// How [`Catalog::open_read_only`] tries to open the database, in order.
+#[derive(Clone, Copy)]
+enum ReadOnlyOpen {
+    /// Read-write flags (the side files can be made and removed), writes refused by SQLite.
+    QueryOnly,
+    /// Read-only flags: works where the side files exist.
+    Flags,
+    /// Read-only and immutable: no side files, no locks.
+    Immutable,
+}
+
+/// A path as the path part of an SQLite `file:` URI: every byte but unreserved ones and '/'
+/// percent-encoded, so '?', '#' and '%' in directory names keep their meaning.
+fn uri_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Queries shared by read and write transactions.
@@ -1121,4 +1213,47 @@ fn object_row(r: &Row, at: usize) -> Result<ObjectRow> {
         decoded_key,
         base_key,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_only_open_reads_and_never_migrates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        drop(Catalog::open(&path, true).unwrap());
+        let mut reader = Catalog::open_read_only(&path).unwrap();
+        assert!(reader.read().unwrap().models().unwrap().is_empty());
+        let wrote = reader.write().and_then(|tx| {
+            tx.conn()
+                .execute("INSERT INTO store_meta VALUES ('k', 'v')", [])
+                .map_err(StorageError::from)
+        });
+        let err = wrote.expect_err("a read-only catalog took a write");
+        assert!(err.to_string().contains("read-only"), "{err}");
+
+        // An older schema is reported, not migrated.
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        drop(conn);
+        let err = Catalog::open_read_only(&path).err().unwrap().to_string();
+        assert!(err.contains("neurstore upgrade"), "{err}");
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 1);
+    }
+
+    #[test]
+    fn uri_paths_keep_special_characters_literal() {
+        let dir = tempfile::tempdir().unwrap();
+        let odd = dir.path().join("a?b#c%d e");
+        std::fs::create_dir(&odd).unwrap();
+        let path = odd.join("catalog.db");
+        drop(Catalog::open(&path, true).unwrap());
+        Catalog::open_read_only(&path).unwrap();
+    }
 }

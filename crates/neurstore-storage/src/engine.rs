@@ -18,7 +18,7 @@ use crate::backend::{Backend, FsBackend};
 use crate::catalog::{Catalog, ObjectRow, Queries, ReadTxn, WriteTxn};
 use crate::error::{Result, StorageError};
 use crate::index::{IndexWrite, TensorIndex};
-use crate::lock::WriterLock;
+use crate::lock::{LockWait, WriterLock};
 use crate::pack::{
     BlobBytes, BlobLocation, PackAppender, PackReader, pack_file_name, pack_id_from_name,
 };
@@ -39,6 +39,11 @@ pub struct EngineOptions {
     pub max_pack_len: u64,
     /// Backend for pack files; the local directory `packs/` when `None`.
     pub backend: Option<Arc<dyn Backend>>,
+    /// For a reader: open the catalog read-only ([`Catalog::open_read_only`]), so a user who
+    /// can read the store but not write it can use it; nothing is created or migrated.
+    pub read_only: bool,
+    /// For a writer: how long to wait for the writer lock another process holds.
+    pub lock_wait: LockWait,
 }
 
 impl Default for EngineOptions {
@@ -47,6 +52,8 @@ impl Default for EngineOptions {
             write: false,
             max_pack_len: DEFAULT_MAX_PACK_LEN,
             backend: None,
+            read_only: false,
+            lock_wait: LockWait::No,
         }
     }
 }
@@ -169,7 +176,9 @@ impl Engine {
         }
         let io = |e| StorageError::io(root.display().to_string(), e);
         std::fs::create_dir_all(root.join(PACK_DIR)).map_err(io)?;
+        crate::backend::share_path_like_dir(&root.join(PACK_DIR), root).map_err(io)?;
         let mut catalog = Catalog::open(&root.join(CATALOG_FILE), true)?;
+        crate::backend::share_path_like_dir(&root.join(CATALOG_FILE), root).map_err(io)?;
         let tx = catalog.write()?;
         tx.conn().execute(
             "INSERT INTO store_meta (key, value) VALUES ('format', 'neurstore'), ('next_pack_id', '1'), \
@@ -201,6 +210,10 @@ impl Engine {
             }
         };
         match std::fs::metadata(&catalog_path) {
+            // Not "no store": one this user may not enter.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(StorageError::io(catalog_path.display().to_string(), e));
+            }
             Ok(m) if m.is_file() && m.len() > 0 => {}
             Ok(m) if m.is_file() => return Err(lost("empty".into())),
             _ => return Err(lost("missing".into())),
@@ -208,9 +221,14 @@ impl Engine {
         // Lock before touching anything, so recovery never races another writer.
         let lock = options
             .write
-            .then(|| WriterLock::acquire(root))
+            .then(|| WriterLock::acquire_waiting(root, options.lock_wait))
             .transpose()?;
-        let mut catalog = Catalog::open(&catalog_path, false).map_err(|e| match e {
+        let opened = if options.read_only && !options.write {
+            Catalog::open_read_only(&catalog_path)
+        } else {
+            Catalog::open(&catalog_path, false)
+        };
+        let mut catalog = opened.map_err(|e| match e {
             StorageError::Corrupt { .. } => lost(format!("not a catalog ({e})")),
             StorageError::Catalog(rusqlite::Error::SqliteFailure(f, _))
                 if matches!(
@@ -220,7 +238,7 @@ impl Engine {
             {
                 lost(format!("unreadable ({f})"))
             }
-            other => other,
+            other => other.in_store(root, "open"),
         })?;
         let (format, store_id) = {
             let tx = catalog.read()?;
@@ -596,7 +614,7 @@ impl Engine {
         if self.format_version() < 2 {
             // Checked under the writer state, so a reader's handle reports it too.
             drop(self.writer()?);
-            return Err(StorageError::NeedsUpgrade(self.root.clone()));
+            return Err(StorageError::FormatNeedsUpgrade(self.root.clone()));
         }
         self.begin_write_any()
     }
@@ -873,6 +891,7 @@ mod tests {
                 write: true,
                 max_pack_len: 10_000,
                 backend: None,
+                ..Default::default()
             },
         )
         .unwrap()
@@ -973,6 +992,7 @@ mod tests {
             write: true,
             max_pack_len: 10_000,
             backend: None,
+            ..Default::default()
         };
         let (engine, report) = Engine::open(&root, options).unwrap();
         assert_eq!(report, RecoveryReport::default());
@@ -1121,6 +1141,7 @@ mod tests {
             write: true,
             max_pack_len: DEFAULT_MAX_PACK_LEN,
             backend: Some(Arc::new(disk.clone())),
+            ..Default::default()
         };
         Engine::open(root, options).unwrap().0
     }
@@ -1301,6 +1322,7 @@ mod tests {
             write: true,
             max_pack_len: DEFAULT_MAX_PACK_LEN,
             backend: Some(backend),
+            ..Default::default()
         };
         let (engine, _) = Engine::open(&root, options).unwrap();
         put(&engine, "a", &[1u8; 100]);

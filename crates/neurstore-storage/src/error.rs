@@ -3,6 +3,8 @@
 use std::io;
 use std::path::PathBuf;
 
+use rusqlite::ErrorCode;
+
 /// Result alias for the storage layer.
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
@@ -19,9 +21,31 @@ pub enum StorageError {
         #[source]
         source: io::Error,
     },
-    /// The SQLite catalog reported an error.
-    #[error("catalog error: {0}")]
-    Catalog(#[from] rusqlite::Error),
+    /// The SQLite catalog reported an error (translated into words; no raw codes, so SQLite's
+    /// own error is kept but not chained as the source).
+    #[error("{}", describe_sqlite(.0))]
+    Catalog(rusqlite::Error),
+    /// A catalog error with what was being done, and to which store.
+    #[error("could not {action} the store at {}: {}", .store.display(), describe_sqlite(.error))]
+    CatalogIn {
+        /// Store directory.
+        store: PathBuf,
+        /// What was being done ("open", "read", "write", ...).
+        action: String,
+        /// The SQLite error.
+        error: rusqlite::Error,
+    },
+    /// The catalog's schema is older than this build reads without migrating it, and the store
+    /// was opened read-only (a read-only open never migrates).
+    #[error(
+        "the store's catalog has schema version {found}, older than the {supported} this build reads; run `neurstore upgrade` (as a user who may write the store) first"
+    )]
+    NeedsUpgrade {
+        /// Version found.
+        found: i64,
+        /// Version this build reads.
+        supported: i64,
+    },
     /// Stored data failed a check: a checksum, a length, a field out of range.
     #[error("{what} is corrupt: {detail}")]
     Corrupt {
@@ -31,7 +55,9 @@ pub enum StorageError {
         detail: String,
     },
     /// Another process holds the writer lock.
-    #[error("the store at {dir} is locked by {holder}; wait for it to finish or stop it")]
+    #[error(
+        "the store at {dir} is locked by {holder}; wait for it to finish (--wait waits for the lock) or stop it"
+    )]
     Locked {
         /// Store directory.
         dir: PathBuf,
@@ -92,10 +118,16 @@ pub enum StorageError {
         "the store at {0} is in format 1, which this build reads but does not write; run \
          `neurstore upgrade` (or `neurstore gc`) to rewrite it in format 2"
     )]
-    NeedsUpgrade(PathBuf),
+    FormatNeedsUpgrade(PathBuf),
     /// A write was attempted on a store opened for reading.
     #[error("the store was opened read-only")]
     ReadOnly,
+}
+
+impl From<rusqlite::Error> for StorageError {
+    fn from(e: rusqlite::Error) -> Self {
+        StorageError::Catalog(e)
+    }
 }
 
 impl StorageError {
@@ -107,11 +139,97 @@ impl StorageError {
         }
     }
 
+    /// Names the store and the action in a catalog error; other errors pass unchanged.
+    pub fn in_store(self, store: &std::path::Path, action: &str) -> Self {
+        match self {
+            StorageError::Catalog(error) => StorageError::CatalogIn {
+                store: store.to_path_buf(),
+                action: action.to_string(),
+                error,
+            },
+            other => other,
+        }
+    }
+
+    /// True when the error is SQLite's busy or locked timeout.
+    pub fn is_busy(&self) -> bool {
+        let source = match self {
+            StorageError::Catalog(e) | StorageError::CatalogIn { error: e, .. } => e,
+            _ => return false,
+        };
+        matches!(
+            source.sqlite_error_code(),
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+        )
+    }
+
     /// A corruption error.
     pub fn corrupt(what: impl Into<String>, detail: impl Into<String>) -> Self {
         StorageError::Corrupt {
             what: what.into(),
             detail: detail.into(),
         }
+    }
+}
+
+/// One sentence for an SQLite error: what it means for the catalog, without SQLite's codes.
+pub fn describe_sqlite(e: &rusqlite::Error) -> String {
+    let rusqlite::Error::SqliteFailure(failure, message) = e else {
+        return format!("the catalog could not be used: {e}");
+    };
+    let plain = match failure.code {
+        ErrorCode::ReadOnly => {
+            "the catalog cannot be written: it or its directory is read-only to this user (commands that only read need no write access)"
+        }
+        ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
+            "the catalog stayed busy: another process kept it locked for longer than the wait allows"
+        }
+        ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => {
+            "the catalog file is damaged or is not a NeurStore catalog"
+        }
+        ErrorCode::DiskFull => "the disk holding the catalog is full",
+        ErrorCode::CannotOpen => {
+            "the catalog file cannot be opened (missing, or no permission to read it or to create its side files)"
+        }
+        ErrorCode::PermissionDenied => "permission to use the catalog was denied",
+        ErrorCode::SystemIoFailure => "the operating system reported an I/O error on the catalog",
+        ErrorCode::OutOfMemory => "memory ran out while using the catalog",
+        ErrorCode::ConstraintViolation => "the catalog refused a change that breaks its rules",
+        ErrorCode::SchemaChanged => "the catalog's schema changed while it was read; try again",
+        _ => {
+            return match message {
+                Some(m) => format!("the catalog reported: {m}"),
+                None => "the catalog reported an unexpected error".to_string(),
+            };
+        }
+    };
+    plain.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(code: i32, message: &str) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), Some(message.into()))
+    }
+
+    #[test]
+    fn sqlite_errors_read_as_sentences_naming_store_and_action() {
+        let e = StorageError::from(failure(8, "attempt to write a readonly database"))
+            .in_store(std::path::Path::new("/srv/models"), "write to");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("could not write to the store at /srv/models: "),
+            "{text}"
+        );
+        assert!(text.contains("read-only to this user"), "{text}");
+        assert!(
+            !text.contains("readonly database") && !text.contains("code"),
+            "{text}"
+        );
+        assert!(StorageError::from(failure(5, "database is locked")).is_busy());
+        let other = StorageError::from(failure(1, "no such table: models")).to_string();
+        assert_eq!(other, "the catalog reported: no such table: models");
     }
 }

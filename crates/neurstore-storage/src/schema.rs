@@ -157,6 +157,34 @@ fn compact_sketches(tx: &rusqlite::Transaction) -> Result<()> {
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// The oldest schema version a read-only open can read as it is (readers never migrate).
+/// Lower it only when reads of an older catalog need nothing the migrations since add.
+pub const OLDEST_READABLE: i64 = SCHEMA_VERSION;
+
+/// Checks, for a read-only open, that a catalog of schema version `found` can be read without
+/// migrating it: newer catalogs need a newer build, older ones `neurstore upgrade`.
+pub fn check_readable(found: i64, path: &std::path::Path) -> Result<()> {
+    if found == 0 {
+        return Err(StorageError::corrupt(
+            path.display().to_string(),
+            "the file holds no NeurStore catalog (schema version 0)",
+        ));
+    }
+    if found > SCHEMA_VERSION {
+        return Err(StorageError::TooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found < OLDEST_READABLE {
+        return Err(StorageError::NeedsUpgrade {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
+
 /// Brings the catalog to [`SCHEMA_VERSION`], refusing catalogs from newer builds. Only a new
 /// catalog (`create`) may start from nothing: an existing file without the schema is not a
 /// store's catalog (an emptied or foreign file), and it is reported, never initialized.

@@ -74,7 +74,7 @@ impl Error {
                 StorageError::ModelExists(_)
                 | StorageError::AlreadyExists(_)
                 | StorageError::ReadOnly
-                | StorageError::NeedsUpgrade(_) => ErrorKind::InvalidInput,
+                | StorageError::FormatNeedsUpgrade(_) => ErrorKind::InvalidInput,
                 StorageError::Corrupt { .. }
                 | StorageError::PackMissing(_)
                 | StorageError::CatalogLost { .. }

@@ -69,12 +69,16 @@ impl SourceFile {
     }
 }
 
-/// Reads `path`: a `.safetensors` file or a model directory.
-pub fn read_source(path: &Path) -> Result<SourceModel> {
+/// Reads `path`: a `.safetensors` file or a model directory. Inside a directory, symbolic
+/// links are followed only where they stay inside it (or, in a Hugging Face cache snapshot,
+/// point into the same repository's `blobs/`), unless `follow_symlinks`; special files (fifos,
+/// devices, sockets) are refused.
+pub fn read_source(path: &Path, follow_symlinks: bool) -> Result<SourceModel> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if meta.is_dir() {
-        read_directory(path)
+        read_directory(path, follow_symlinks)
     } else {
+        check_regular(path, &meta)?;
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -87,6 +91,27 @@ pub fn read_source(path: &Path) -> Result<SourceModel> {
             files: vec![file],
         })
     }
+}
+
+/// Refuses anything but a regular file: reading a fifo blocks, a device never ends.
+fn check_regular(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let what = if t.is_file() {
+        return Ok(());
+    } else if t.is_fifo() {
+        "a fifo"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    };
+    Err(Error::invalid(
+        path,
+        format!("is {what}; only regular files and directories can be imported"),
+    ))
 }
 
 fn read_file(disk_path: &Path, rel_path: String, safetensors: bool) -> Result<SourceFile> {
@@ -117,9 +142,10 @@ fn read_file(disk_path: &Path, rel_path: String, safetensors: bool) -> Result<So
     })
 }
 
-fn read_directory(root: &Path) -> Result<SourceModel> {
+fn read_directory(root: &Path, follow_symlinks: bool) -> Result<SourceModel> {
+    let mut walk = Walk::new(root, follow_symlinks)?;
     let mut rel_paths = Vec::new();
-    collect_files(root, root, &mut rel_paths)?;
+    walk.collect(root, &mut rel_paths)?;
     rel_paths.sort();
     if !rel_paths.iter().any(|p| p.ends_with(".safetensors")) {
         return Err(Error::invalid(
@@ -146,25 +172,94 @@ fn read_directory(root: &Path) -> Result<SourceModel> {
     })
 }
 
-fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        let path = entry.path();
-        // Follows symbolic links (Hugging Face caches link snapshot files to blobs).
-        let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
-        if meta.is_dir() {
-            collect_files(root, &path, out)?;
-        } else if meta.is_file() {
-            out.push(relative_path(root, &path)?);
-            if out.len() > MAX_FILES {
-                return Err(Error::invalid(root, format!("more than {MAX_FILES} files")));
-            }
-        } else {
-            return Err(Error::invalid(&path, "not a regular file or directory"));
-        }
+/// A walk of a model directory: which symbolic links it may follow, and the directories
+/// already entered (a link back up must not loop).
+struct Walk {
+    /// The directory as given (paths are made relative to it).
+    root: PathBuf,
+    /// The directory, resolved.
+    real_root: PathBuf,
+    /// For a Hugging Face cache snapshot (`models--ORG--NAME/snapshots/REV`), the repository's
+    /// `blobs/` folder, where its links point.
+    hf_blobs: Option<PathBuf>,
+    follow_symlinks: bool,
+    entered: HashSet<PathBuf>,
+}
+
+impl Walk {
+    fn new(root: &Path, follow_symlinks: bool) -> Result<Self> {
+        let real_root = std::fs::canonicalize(root).map_err(|e| Error::io(root, e))?;
+        Ok(Walk {
+            root: root.to_path_buf(),
+            hf_blobs: hf_blobs_of(&real_root),
+            real_root,
+            follow_symlinks,
+            entered: HashSet::new(),
+        })
     }
-    Ok(())
+
+    fn collect(&mut self, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+        let real = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+        if !self.entered.insert(real) {
+            return Err(Error::invalid(
+                dir,
+                "is reached twice through symbolic links (a loop?); remove the link",
+            ));
+        }
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            let path = entry.path();
+            let mut meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
+            if meta.file_type().is_symlink() {
+                self.check_link(&path)?;
+                meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
+            }
+            if meta.is_dir() {
+                self.collect(&path, out)?;
+            } else {
+                check_regular(&path, &meta)?;
+                out.push(relative_path(&self.root, &path)?);
+                if out.len() > MAX_FILES {
+                    return Err(Error::invalid(dir, format!("more than {MAX_FILES} files")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A link is followed when it resolves inside the directory, into a Hugging Face
+    /// snapshot's blobs, or anywhere with `--follow-symlinks`.
+    fn check_link(&self, link: &Path) -> Result<()> {
+        let target = std::fs::canonicalize(link).map_err(|e| Error::io(link, e))?;
+        let inside = target.starts_with(&self.real_root)
+            || self
+                .hf_blobs
+                .as_ref()
+                .is_some_and(|b| target.starts_with(b));
+        if inside || self.follow_symlinks {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            link,
+            format!(
+                "is a symbolic link to {}, outside the model directory; pass --follow-symlinks to read it anyway",
+                target.display()
+            ),
+        ))
+    }
+}
+
+/// `REPO/blobs` when `snapshot` is `.../models--ORG--NAME/snapshots/REV` (also `datasets--`
+/// and `spaces--` repositories).
+fn hf_blobs_of(snapshot: &Path) -> Option<PathBuf> {
+    let snapshots = snapshot.parent()?;
+    let repo = snapshots.parent()?;
+    let repo_name = repo.file_name()?.to_str()?;
+    let is_repo = ["models--", "datasets--", "spaces--"]
+        .iter()
+        .any(|p| repo_name.starts_with(p));
+    (snapshots.file_name()? == "snapshots" && is_repo).then(|| repo.join("blobs"))
 }
 
 fn relative_path(root: &Path, path: &Path) -> Result<String> {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use neurstore_core::codec::Codec;
 use neurstore_core::key::{file_key, tensor_key};
 use neurstore_storage::StorageError;
-use neurstore_storage::catalog::{ObjectKind, ObjectRow, Queries};
+use neurstore_storage::catalog::{FileKind, FileRow, ObjectKind, ObjectRow, Queries};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -20,10 +20,16 @@ pub struct ModelSummary {
     pub name: String,
     /// Creation time (seconds since the Unix epoch).
     pub created_unix: i64,
+    /// Creation time, RFC 3339 in UTC.
+    pub created: String,
     /// "safetensors" or "directory".
     pub source_format: String,
-    /// Tensor bytes as imported.
+    /// Bytes of every file as imported: `tensor_bytes` + `other_bytes`.
     pub raw_bytes: u64,
+    /// Bytes of tensor data.
+    pub tensor_bytes: u64,
+    /// Bytes of everything else: safetensors headers and plain files.
+    pub other_bytes: u64,
 }
 
 /// `info` of a model.
@@ -33,6 +39,8 @@ pub struct ModelInfo {
     pub name: String,
     /// Creation time (seconds since the Unix epoch).
     pub created_unix: i64,
+    /// Creation time, RFC 3339 in UTC.
+    pub created: String,
     /// "safetensors" or "directory".
     pub source_format: String,
     /// "lossless", "abs:X" or "rel:X".
@@ -41,8 +49,12 @@ pub struct ModelInfo {
     pub base_model: Option<String>,
     /// User metadata.
     pub metadata: serde_json::Value,
-    /// Tensor bytes as imported.
+    /// Bytes of every file as imported: `tensor_bytes` + `other_bytes`.
     pub raw_bytes: u64,
+    /// Bytes of tensor data.
+    pub tensor_bytes: u64,
+    /// Bytes of everything else: safetensors headers and plain files.
+    pub other_bytes: u64,
     /// Stored bytes of every distinct object the model uses (shared ones included).
     pub stored_bytes: u64,
     /// Stored bytes used by this model alone: what `rm` then `gc` would free.
@@ -104,8 +116,12 @@ pub struct Stats {
     pub tensors: u64,
     /// Distinct tensor objects stored.
     pub unique_tensors: u64,
-    /// Tensor bytes of every model as imported.
+    /// Bytes of every file of every model as imported: `tensor_bytes` + `other_bytes`.
     pub raw_bytes: u64,
+    /// Bytes of tensor data.
+    pub tensor_bytes: u64,
+    /// Bytes of everything else: safetensors headers and plain files.
+    pub other_bytes: u64,
     /// Bytes the store occupies on disk: pack files plus catalog.
     pub stored_bytes: u64,
     /// Pack file bytes.
@@ -160,17 +176,60 @@ fn saturating_total(lens: impl IntoIterator<Item = u64>) -> u64 {
     lens.into_iter().fold(0, u64::saturating_add)
 }
 
+/// Bytes of a model's files other than tensor data: plain files whole, and for each
+/// safetensors file its 8-byte length prefix and header.
+fn other_bytes(files: &[FileRow]) -> u64 {
+    saturating_total(files.iter().map(|f| match f.kind {
+        FileKind::Safetensors => f.object.raw_len.saturating_add(8),
+        FileKind::Plain => f.object.raw_len,
+    }))
+}
+
+/// Seconds since the Unix epoch as RFC 3339 in UTC ("2026-12-02T10:41:07Z").
+pub(crate) fn rfc3339_utc(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
 impl Store {
     /// All models, by name.
     pub fn list(&self) -> Result<Vec<ModelSummary>> {
-        let models = self.engine.read(|q| q.models())?;
+        let models = self.engine.read(|q| {
+            q.models()?
+                .into_iter()
+                .map(|m| Ok((other_bytes(&q.model_files(m.id)?), m)))
+                .collect::<neurstore_storage::Result<Vec<_>>>()
+        })?;
         Ok(models
             .into_iter()
-            .map(|m| ModelSummary {
+            .map(|(other, m)| ModelSummary {
                 name: m.name,
                 created_unix: m.created_unix,
+                created: rfc3339_utc(m.created_unix),
                 source_format: m.source_format,
-                raw_bytes: m.raw_bytes,
+                raw_bytes: m.raw_bytes.saturating_add(other),
+                tensor_bytes: m.raw_bytes,
+                other_bytes: other,
             })
             .collect())
     }
@@ -211,7 +270,10 @@ impl Store {
                 mode: model.mode.clone(),
                 base_model: model.base_model.clone(),
                 metadata: serde_json::from_str(&model.metadata).unwrap_or(serde_json::Value::Null),
-                raw_bytes: model.raw_bytes,
+                created: rfc3339_utc(model.created_unix),
+                raw_bytes: model.raw_bytes.saturating_add(other_bytes(&files)),
+                tensor_bytes: model.raw_bytes,
+                other_bytes: other_bytes(&files),
                 stored_bytes,
                 exclusive_bytes,
                 files: files
@@ -262,11 +324,18 @@ impl Store {
 
     /// Store-wide figures.
     pub fn stats(&self) -> Result<Stats> {
-        let (models, (_, tensor_refs, unique_tensors), objects) = self
-            .engine
-            .read(|q| Ok((q.models()?, q.counts()?, q.objects()?)))?;
+        let (models, (_, tensor_refs, unique_tensors), objects, other) =
+            self.engine.read(|q| {
+                let models = q.models()?;
+                let mut other = 0u64;
+                for m in &models {
+                    other = other.saturating_add(other_bytes(&q.model_files(m.id)?));
+                }
+                Ok((models, q.counts()?, q.objects()?, other))
+            })?;
         let usage = self.engine.disk_usage()?;
-        let raw_bytes = saturating_total(models.iter().map(|m| m.raw_bytes));
+        let tensor_bytes = saturating_total(models.iter().map(|m| m.raw_bytes));
+        let raw_bytes = tensor_bytes.saturating_add(other);
         let stored_bytes = usage.pack_bytes + usage.catalog_bytes;
         let live_object_bytes = saturating_total(objects.iter().map(|o| o.location.len));
         let reclaimable_bytes = self.engine.reclaimable_bytes()?;
@@ -294,6 +363,8 @@ impl Store {
             tensors: tensor_refs,
             unique_tensors,
             raw_bytes,
+            tensor_bytes,
+            other_bytes: other,
             stored_bytes,
             pack_bytes: usage.pack_bytes,
             catalog_bytes: usage.catalog_bytes,
@@ -393,5 +464,18 @@ impl Store {
             stored_bytes: total,
             problems,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_matches_known_instants() {
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339_utc(1_796_208_067), "2026-12-02T10:41:07Z");
+        assert_eq!(rfc3339_utc(-1), "1969-12-31T23:59:59Z");
     }
 }

@@ -37,6 +37,7 @@ mod error;
 mod export;
 mod import;
 mod inspect;
+mod options;
 mod paths;
 mod plan;
 mod progress;
@@ -52,11 +53,16 @@ pub use export::{GetReport, LoadedTensor};
 pub use inspect::{FileInfo, KindStats, ModelInfo, ModelSummary, Stats, TensorInfo, VerifyReport};
 pub use neurstore_core::dtype::DType;
 pub use neurstore_core::kernel::{BaseMatrix, QuantMatrix};
+pub use neurstore_storage::lock::LockWait;
 pub use neurstore_storage::rebuild::RebuildReport;
 pub use neurstore_storage::{GcReport, RecoveryReport, StorageError};
+pub use options::{
+    BaseChoice, Mode, PutOptions, Threads, check_output, metadata_from_json, metadata_from_pairs,
+    threads,
+};
 pub use paths::{MAX_STORED_PATH_BYTES, StoredPathError, validate_stored_path};
 pub use progress::{NoProgress, Progress};
-pub use put::{BaseChoice, Mode, PutOptions, PutReport, TensorInput, TensorReport};
+pub use put::{PutReport, TensorInput, TensorReport};
 pub use resident::{ResidentModel, ResidentOptions, ResidentTensor, ResidentWeight, SharedBases};
 
 use neurstore_storage::catalog::Queries;
@@ -83,6 +89,13 @@ pub struct StoreOptions {
     /// I/O backend for pack files (default: the store's `packs/` directory). Tests pass a
     /// fault-injecting one; the catalog stays in `root` whatever the backend.
     pub backend: Option<std::sync::Arc<dyn neurstore_storage::backend::Backend>>,
+    /// Open for reading only (not with `write`): works on a store the user can read but not
+    /// write. Nothing is created, no lock is taken, and an old catalog is not migrated (the
+    /// open says to run `neurstore upgrade`). [`Store::open`] sets it.
+    pub read_only: bool,
+    /// With `write`: how long to wait for the writer lock another process holds (default: fail
+    /// at once, naming the holder).
+    pub wait: LockWait,
 }
 
 /// What `rm` did.
@@ -100,9 +113,16 @@ impl Store {
         Ok(Engine::init(root)?)
     }
 
-    /// Opens a store for reading.
+    /// Opens a store for reading only: it takes no lock and writes nothing, so it works on a
+    /// store the user can read but not write.
     pub fn open(root: &Path) -> Result<Store> {
-        Self::open_with(root, StoreOptions::default())
+        Self::open_with(
+            root,
+            StoreOptions {
+                read_only: true,
+                ..Default::default()
+            },
+        )
     }
 
     /// Opens a store for writing, taking its lock and recovering from any interrupted write.
@@ -118,9 +138,17 @@ impl Store {
 
     /// Opens a store with explicit options.
     pub fn open_with(root: &Path, options: StoreOptions) -> Result<Store> {
+        if options.write && options.read_only {
+            return Err(Error::invalid(
+                root,
+                "a store cannot be opened both for writing and read-only",
+            ));
+        }
         let mut engine_options = EngineOptions {
             write: options.write,
             backend: options.backend,
+            read_only: options.read_only,
+            lock_wait: options.wait,
             ..Default::default()
         };
         if let Some(len) = options.max_pack_len {
@@ -230,6 +258,16 @@ impl Store {
             report.recovery.doomed_packs_removed += opened.doomed_packs_removed;
         }
         Ok(report)
+    }
+}
+
+/// Names the store and the action in a catalog error (SQLite's own words become one sentence
+/// such as "could not read the store at DIR: ..."); other errors pass unchanged. Front ends
+/// call it with the command they ran.
+pub fn in_store(err: Error, root: &Path, action: &str) -> Error {
+    match err {
+        Error::Storage(e) => Error::Storage(e.in_store(root, action)),
+        other => other,
     }
 }
 

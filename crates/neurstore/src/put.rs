@@ -21,8 +21,11 @@ use neurstore_storage::record::ModelRecord;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::import::{SourceModel, read_source};
+use crate::options::{BaseChoice, PutOptions};
+// The planner names the mode through this module.
+pub(crate) use crate::options::Mode;
 use crate::plan::{Item, Plan, plan_item};
 use crate::progress::Progress;
 use crate::{Store, validate_name};
@@ -43,67 +46,6 @@ pub struct TensorInput<'a> {
     pub shape: &'a [u64],
     /// Little-endian element bytes; the length must match dtype and shape.
     pub data: &'a [u8],
-}
-
-/// How tensor values are kept.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Mode {
-    /// Bit-exact.
-    Lossless,
-    /// Every float element within this absolute error.
-    Absolute(f64),
-    /// Every float element within this fraction of its tensor's root mean square.
-    Relative(f64),
-}
-
-impl Mode {
-    /// The catalog's spelling: "lossless", "abs:X" or "rel:X".
-    pub fn label(&self) -> String {
-        match self {
-            Mode::Lossless => "lossless".into(),
-            Mode::Absolute(t) => format!("abs:{t:e}"),
-            Mode::Relative(t) => format!("rel:{t:e}"),
-        }
-    }
-}
-
-/// Where delta bases come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BaseChoice {
-    /// Search the similarity index.
-    Auto,
-    /// Store every tensor standalone.
-    None,
-    /// Pair tensors with the named model's tensors of the same name first, then search.
-    Model(String),
-}
-
-/// Options of `put`.
-#[derive(Debug, Clone)]
-pub struct PutOptions {
-    /// User metadata recorded with the model.
-    pub metadata: serde_json::Map<String, serde_json::Value>,
-    /// Lossless or bounded.
-    pub mode: Mode,
-    /// Where delta bases come from.
-    pub base: BaseChoice,
-    /// Plan and report without writing anything.
-    pub dry_run: bool,
-    /// Longest chain of deltas a new tensor may end (1 = deltas only against standalone bases;
-    /// at most 64, the longest chain a reader follows).
-    pub max_chain_depth: u32,
-}
-
-impl Default for PutOptions {
-    fn default() -> Self {
-        PutOptions {
-            metadata: serde_json::Map::new(),
-            mode: Mode::Lossless,
-            base: BaseChoice::Auto,
-            dry_run: false,
-            max_chain_depth: 2,
-        }
-    }
 }
 
 /// How one tensor was (or, in a dry run, would be) stored.
@@ -146,8 +88,12 @@ pub struct PutReport {
     pub files: u64,
     /// Tensors imported.
     pub tensors: u64,
-    /// Tensor bytes as imported.
+    /// Bytes of every file as imported: `tensor_bytes` + `other_bytes`.
     pub raw_bytes: u64,
+    /// Bytes of tensor data.
+    pub tensor_bytes: u64,
+    /// Bytes of everything else: safetensors headers and plain files.
+    pub other_bytes: u64,
     /// Objects (tensors and files) newly stored.
     pub new_objects: u64,
     /// Objects already in the store (exact duplicates), referenced instead.
@@ -156,8 +102,10 @@ pub struct PutReport {
     pub delta_tensors: u64,
     /// Bytes appended to pack files.
     pub stored_bytes_added: u64,
-    /// raw_bytes / stored_bytes_added.
+    /// raw_bytes / stored_bytes_added (0 when nothing new was stored).
     pub ratio: f64,
+    /// True when every object was already stored: nothing new was (or would be) written.
+    pub fully_deduplicated: bool,
     /// Largest absolute error of any element of any tensor.
     pub max_error: f64,
     /// Tensors looked up in the similarity index.
@@ -196,30 +144,6 @@ fn items_of(source: &SourceModel) -> Vec<Item<'_>> {
     items
 }
 
-fn check_options(options: &PutOptions) -> Result<()> {
-    let bad = |what: &str| {
-        Err(Error::invalid(
-            Path::new("--tolerance"),
-            format!("{what}; give a positive number such as 1e-4"),
-        ))
-    };
-    match options.mode {
-        Mode::Absolute(t) | Mode::Relative(t) if !(t.is_finite() && t > 0.0) => {
-            bad("the tolerance must be positive and finite")
-        }
-        _ if options.max_chain_depth == 0 => Err(Error::invalid(
-            Path::new("--max-chain-depth"),
-            "must be at least 1 (use --base none to store standalone)",
-        )),
-        // Readers refuse longer chains (as a cycle's symptom): never write one.
-        _ if options.max_chain_depth > crate::decode::MAX_CHAIN => Err(Error::invalid(
-            Path::new("--max-chain-depth"),
-            format!("must be at most {}", crate::decode::MAX_CHAIN),
-        )),
-        _ => Ok(()),
-    }
-}
-
 impl Store {
     /// Imports the safetensors file or model directory at `path` as model `name`.
     pub fn put(
@@ -230,7 +154,7 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<PutReport> {
         self.check_put(name, options)?;
-        let source = read_source(path)?;
+        let source = read_source(path, options.follow_symlinks)?;
         self.put_source(name, &source, options, progress)
     }
 
@@ -251,7 +175,7 @@ impl Store {
 
     fn check_put(&self, name: &str, options: &PutOptions) -> Result<()> {
         validate_name(name)?;
-        check_options(options)?;
+        options.check()?;
         if self.engine.read(|q| q.model(name))?.is_some() {
             return Err(StorageError::ModelExists(name.to_string()).into());
         }
@@ -269,6 +193,9 @@ impl Store {
         let mut items = items_of(source);
         for item in &mut items {
             item.set_mode(options.mode);
+        }
+        if !options.force {
+            check_tolerances_fit(&items)?;
         }
 
         // Which contents the store already has, exactly or under the same bound.
@@ -434,7 +361,7 @@ impl Store {
                 .map_or(0, |d| d.as_secs() as i64),
             source_format: source.format.to_string(),
             metadata: serde_json::Value::Object(options.metadata.clone()).to_string(),
-            raw_bytes: report.raw_bytes,
+            raw_bytes: report.tensor_bytes,
             base_model,
             mode: options.mode.label(),
         };
@@ -578,7 +505,8 @@ impl Store {
                 deduplicated: plan.is_none(),
             });
         }
-        let raw_bytes = tensor_reports.iter().map(|t| t.raw_bytes).sum();
+        let tensor_bytes: u64 = tensor_reports.iter().map(|t| t.raw_bytes).sum();
+        let raw_bytes: u64 = source.files.iter().map(|f| f.bytes.len() as u64).sum();
         let new_objects = plans.len() as u64;
         Ok(PutReport {
             name: name.to_string(),
@@ -588,6 +516,8 @@ impl Store {
             files: source.files.len() as u64,
             tensors: tensor_reports.len() as u64,
             raw_bytes,
+            tensor_bytes,
+            other_bytes: raw_bytes.saturating_sub(tensor_bytes),
             new_objects,
             deduplicated_objects: items.len() as u64 - new_objects,
             delta_tensors: plans.values().filter(|(p, _)| p.base.is_some()).count() as u64,
@@ -597,6 +527,7 @@ impl Store {
             } else {
                 raw_bytes as f64 / stored_bytes_added as f64
             },
+            fully_deduplicated: new_objects == 0,
             max_error: tensor_reports
                 .iter()
                 .map(|t| t.max_error)
@@ -696,6 +627,18 @@ fn model_record(
         files,
         tensors,
     }
+}
+
+/// Without `--force`, a bound at or above a tensor's largest magnitude is refused.
+fn check_tolerances_fit(items: &[Item]) -> Result<()> {
+    items
+        .par_iter()
+        .try_for_each(|item| match (item.dtype, item.tolerance) {
+            (Some(dtype), Some(tol)) => {
+                crate::options::check_tolerance_fits(item.file, &item.name, dtype, item.raw, tol)
+            }
+            _ => Ok(()),
+        })
 }
 
 fn batches<'a>(indices: &'a [usize], items: &[Item]) -> Vec<&'a [usize]> {

@@ -694,7 +694,7 @@ fn format_bombs<'a>(dir: &'a Path, empty_store: &'a Store) -> Vec<Bomb<'a>> {
                     r#"{"t":{"dtype":"F64","shape":[4611686018427387904],"data_offsets":[0,4]}}"#,
                     4,
                 );
-                expect_err(safetensors::parse(&file), "do not fill whole bytes")
+                expect_err(safetensors::parse(&file), "byte size overflows")
             }),
         ),
         (

@@ -1,6 +1,8 @@
 //! Helpers shared by the CLI tests: F32 safetensors files built in memory, pack bytes on disk.
 #![allow(dead_code)] // each test file uses a part
 
+pub mod bert;
+
 use std::path::Path;
 
 /// A safetensors file of 1-D F32 tensors laid out back to back, in the given order.

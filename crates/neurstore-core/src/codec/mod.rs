@@ -84,9 +84,35 @@ pub fn encode_tensor(dtype: DType, raw: &[u8]) -> Encoded {
     encode_with_width(raw, dtype.plane_width(), dtype.is_float(), TENSOR_LEVEL)
 }
 
-/// Encodes a plain file's bytes losslessly (no byte grouping).
+/// Plain files at least this large are sampled before they are encoded whole.
+const SAMPLE_FROM: usize = 64 << 20;
+/// Bytes per sample, and samples per file.
+const SAMPLE_LEN: usize = 1 << 20;
+const SAMPLES: usize = 8;
+
+/// Encodes a plain file's bytes losslessly (no byte grouping). A large file is first sampled:
+/// where evenly spaced samples do not compress by 1%, it is stored raw without encoding it
+/// whole, so an incompressible file (a `.bin` of weights beside the tensors) costs no copy of
+/// itself in memory.
 pub fn encode_file(raw: &[u8]) -> Encoded {
+    if raw.len() >= SAMPLE_FROM && !samples_compress(raw) {
+        return Encoded {
+            codec: Codec::Raw,
+            bytes: None,
+        };
+    }
     encode_with_width(raw, 1, false, FILE_LEVEL)
+}
+
+/// Whether evenly spaced samples of `raw` (at least `SAMPLE_LEN * SAMPLES` bytes) compress by
+/// at least 1%, the margin [`encode_file`] keeps an encoding for.
+fn samples_compress(raw: &[u8]) -> bool {
+    let stride = (raw.len() - SAMPLE_LEN) / (SAMPLES - 1);
+    let packed: usize = (0..SAMPLES)
+        .map(|i| grouped::encode_with(&raw[i * stride..][..SAMPLE_LEN], 1, false, FILE_LEVEL).len())
+        .sum();
+    let total = SAMPLE_LEN * SAMPLES;
+    packed + total / 100 < total
 }
 
 fn encode_with_width(raw: &[u8], width: usize, rotate_sign: bool, level: i32) -> Encoded {
@@ -151,5 +177,36 @@ pub fn decode_with_base(
             "{} blob with a base",
             codec.name()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_incompressible_files_are_stored_raw_and_compressible_ones_encoded() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Vec<u8> = (0..SAMPLE_FROM / 8)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()
+            })
+            .collect();
+        assert!(!samples_compress(&noise));
+        assert!(encode_file(&noise).bytes.is_none());
+        let text: Vec<u8> = b"{\"vocab\": [\"token\", 1]}\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(SAMPLE_FROM)
+            .collect();
+        let encoded = encode_file(&text);
+        assert_eq!(encoded.codec, Codec::Grouped);
+        let mut back = vec![0u8; text.len()];
+        decode_into(encoded.codec, encoded.bytes.as_deref().unwrap(), &mut back).unwrap();
+        assert!(back == text);
     }
 }

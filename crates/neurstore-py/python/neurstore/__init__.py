@@ -80,8 +80,15 @@ class Store:
     holder. A store object may be shared by any number of threads.
     """
 
-    def __init__(self, path: PathLike, *, create: bool = True, writable: bool = True) -> None:
-        self._native = _NativeStore(os.fspath(path), create, writable)
+    def __init__(
+        self,
+        path: PathLike,
+        *,
+        create: bool = True,
+        writable: bool = True,
+        wait: Union[None, bool, float] = None,
+    ) -> None:
+        self._native = _NativeStore(os.fspath(path), create, writable, _wait_arg(wait))
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -133,6 +140,8 @@ class Store:
         dry_run: bool = False,
         max_chain_depth: int = 2,
         file_metadata: Optional[Mapping[str, str]] = None,
+        force: bool = False,
+        follow_symlinks: bool = False,
     ) -> Dict[str, Any]:
         """Stores a model as ``name`` and returns a report of how (a dict).
 
@@ -153,6 +162,14 @@ class Store:
             file_metadata: for a dict, the ``__metadata__`` (str to str) of the safetensors
                 file it is stored as, which :meth:`export` writes back; e.g.
                 ``{"format": "pt"}``, which transformers expects.
+            force: accept a ``tolerance`` at or above a tensor's largest magnitude (that
+                tensor is then stored as a constant); refused otherwise.
+            follow_symlinks: for a model directory, follow symbolic links that point outside
+                it. By default only links that stay inside it (or a Hugging Face cache
+                snapshot's links into its ``blobs/``) are followed; others are refused.
+
+        ``tolerance`` must be finite and positive, ``rel_tolerance`` between 0 and 1
+        (exclusive); the rules are the command line's.
 
         The report has ``raw_bytes``, ``stored_bytes_added``, ``ratio``,
         ``deduplicated_objects``, ``delta_tensors``, ``max_error`` and per-tensor details in
@@ -162,6 +179,7 @@ class Store:
             raise InvalidInput(f"model name must be a str, not {type(name).__name__}")
         if tolerance is not None and rel_tolerance is not None:
             raise InvalidInput("give tolerance or rel_tolerance, not both")
+        force = bool(force)
         options = (
             _base_arg(base),
             _float_arg("tolerance", tolerance),
@@ -173,14 +191,20 @@ class Store:
         if isinstance(tensors, (str, os.PathLike)):
             if file_metadata is not None:
                 raise InvalidInput("file_metadata applies to a dict of tensors; a file keeps its own")
-            return self._native.put_path(name, os.fspath(tensors), *options)
+            return self._native.put_path(
+                name, os.fspath(tensors), *options, force, bool(follow_symlinks)
+            )
         if not isinstance(tensors, Mapping):
             raise InvalidInput(
                 "tensors must be a dict of numpy arrays or torch tensors, or a path to a "
                 f"safetensors file or model directory; got {type(tensors).__name__}"
             )
+        if follow_symlinks:
+            raise InvalidInput("follow_symlinks applies to a model directory, not a dict")
         items = _tensor_inputs(tensors)
-        return self._native.put_arrays(name, items, _file_metadata_arg(file_metadata), *options)
+        return self._native.put_arrays(
+            name, items, _file_metadata_arg(file_metadata), *options, force
+        )
 
     def delete(self, name: str) -> Dict[str, Any]:
         """Removes model ``name``. Tensors other models use stay; the space of the rest returns
@@ -236,15 +260,16 @@ class Store:
         with torch.no_grad():
             return module.load_state_dict(state, strict=strict)
 
-    def export(self, name: str, path: PathLike) -> Dict[str, Any]:
+    def export(self, name: str, path: PathLike, *, force: bool = False) -> Dict[str, Any]:
         """Writes model ``name`` to ``path``: a safetensors file for a model put from a file or
         a dict, a directory for a model put from a directory. A losslessly stored model is
-        written back byte for byte. The output appears atomically; an existing file is
-        replaced, an existing non-empty directory refused."""
-        return self._native.export(name, os.fspath(path))
+        written back byte for byte. The output appears atomically. An existing file is
+        refused unless ``force``; an empty directory is filled; a non-empty one is refused."""
+        return self._native.export(name, os.fspath(path), bool(force))
 
     def list(self) -> List[Dict[str, Any]]:
-        """All models, by name: ``name``, ``created_unix``, ``source_format``, ``raw_bytes``."""
+        """All models, by name: ``name``, ``created_unix``, ``created`` (RFC 3339, UTC),
+        ``source_format``, ``raw_bytes`` (every file) = ``tensor_bytes`` + ``other_bytes``."""
         return self._native.list()
 
     def info(self, name: str) -> Dict[str, Any]:
@@ -281,15 +306,46 @@ class Store:
         return loaded
 
 
-def open(path: PathLike, *, create: bool = True, writable: bool = True) -> Store:
+def open(
+    path: PathLike,
+    *,
+    create: bool = True,
+    writable: Optional[bool] = None,
+    read_only: Optional[bool] = None,
+    wait: Union[None, bool, float] = None,
+) -> Store:
     """Opens the store at ``path``, also usable as a context manager.
 
     With ``create`` (the default) a missing store is created (in a new or empty directory).
-    With ``writable`` (the default) the store can be changed: the writer lock is taken at the
-    first write and held until :meth:`Store.close`. ``writable=False`` opens read-only and
-    never creates.
+    By default the store can be changed: the writer lock is taken at the first write and held
+    until :meth:`Store.close`. ``read_only=True`` (or its older spelling ``writable=False``)
+    opens it for reading only: that works on a store this user can read but not write;
+    nothing is created, locked or migrated, and a store whose catalog needs an upgrade says
+    to run ``neurstore upgrade``.
+
+    ``wait`` is how long the first write waits for another process's writer lock: ``None``
+    (the default) fails at once with :class:`Locked` naming the holder, ``True`` waits as long
+    as it takes, a number waits that many seconds.
     """
-    return Store(path, create=create, writable=writable)
+    if read_only is not None and writable is not None and bool(read_only) == bool(writable):
+        raise InvalidInput("read_only and writable disagree; give one of them")
+    if read_only is not None:
+        writable = not read_only
+    elif writable is None:
+        writable = True
+    return Store(path, create=create, writable=bool(writable), wait=wait)
+
+
+def _wait_arg(wait: Union[None, bool, float]) -> Optional[float]:
+    if wait is None or wait is False:
+        return None
+    if wait is True:
+        return float("inf")
+    if isinstance(wait, (int, float)) and not isinstance(wait, bool):
+        seconds = float(wait)
+        if seconds >= 0:
+            return seconds
+    raise InvalidInput(f"wait must be None, True or a number of seconds >= 0, not {wait!r}")
 
 
 def _as_numpy(dtype: str, shape: List[int], raw: np.ndarray) -> np.ndarray:
