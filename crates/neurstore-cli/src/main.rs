@@ -279,7 +279,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let was = store.format_version();
             let report = target.doing("upgrade", store.upgrade(&bar))?;
             if was == 2 {
-                eprintln!("the store is already in format 2 (its catalog's schema is current); nothing else to do");
+                eprintln!(
+                    "the store is already in format 2 (its catalog's schema is current); nothing else to do"
+                );
             }
             out.gc(&report);
         }

@@ -1191,28 +1191,35 @@ mod tests {
         let mut s = engine.begin_write().unwrap();
         let mut objects = Vec::new();
         for i in 0..n {
-            let content: Vec<u8> = format!("{name}/{i}").into_bytes();
-            let location = s.append(&content).unwrap();
+            let mut content: Vec<u8> = format!("{name}/{i}").into_bytes();
+            content.resize(content.len().next_multiple_of(4), b' ');
             let sketch: Vec<f32> = (0..neurstore_core::sketch::SKETCH_DIM)
                 .map(|j| (((seed + i) * 31 + j) as f32 * 0.7).sin())
                 .collect();
-            objects.push(NewObject {
+            let mut object = NewObject {
                 key: file_key(&content),
                 kind: ObjectKind::Tensor {
                     dtype: neurstore_core::dtype::DType::F32,
                 },
                 shape: vec![content.len() as u64 / 4],
-                raw_len: content.len() as u64 / 4 * 4,
+                raw_len: content.len() as u64,
                 codec: Codec::Raw,
-                location,
-                checksum: checksum(&content),
+                location: BlobLocation {
+                    pack_id: 0,
+                    offset: 0,
+                    len: 0,
+                },
+                checksum: [0; 32],
                 base: None,
                 chain_depth: 0,
                 tolerance: None,
                 max_error: 0.0,
                 decoded_key: file_key(&content),
+                base_key: None,
                 sketch: Some(sketch),
-            });
+            };
+            (object.location, object.checksum) = s.append_object(&object.meta(), &content).unwrap();
+            objects.push(object);
         }
         s.commit(|tx| {
             let model = ModelRow {

@@ -96,10 +96,18 @@ fn scan_pack(backend: &dyn Backend, pack_id: u64, name: &str, scan: &mut Scan) -
         }
     };
     scan.report.packs += 1;
-    if let Some((store_id, id)) = decode_pack_header(bytes)
-        && id == pack_id
-    {
-        scan.store_id.get_or_insert(store_id);
+    match decode_pack_header(bytes) {
+        Some((store_id, id)) if id == pack_id => {
+            scan.store_id.get_or_insert(store_id);
+        }
+        _ => {
+            // The header is synced with a pack's first commit: a pack without a valid one
+            // never committed anything (or is damaged). Its records are not taken; a writer
+            // then checks its bytes as an uncommitted tail, which refuses to cut a commit.
+            scan.report.skipped_bytes += bytes.len() as u64;
+            scan.pack_ends.insert(pack_id, 0);
+            return Ok(());
+        }
     }
     let mut at = PACK_HEADER_LEN;
     let mut end_of_valid = PACK_HEADER_LEN.min(bytes.len() as u64);

@@ -382,12 +382,12 @@ impl ModelRecord {
             _ => return Err("bad base model flag".into()),
         };
         let raw_bytes = r.u64()?;
-        let n = r.count(1 + 8 + 1 + 32)?;
+        let n = r.count(4 + 1 + 32)?;
         let mut files = Vec::with_capacity(n);
         for _ in 0..n {
             files.push((r.str()?, r.u8()?, r.digest()?));
         }
-        let n = r.count(8 + 8 + 8 + 32)?;
+        let n = r.count(4 + 8 + 4 + 32)?;
         let mut tensors = Vec::with_capacity(n);
         for _ in 0..n {
             tensors.push((r.str()?, r.u64()?, r.str()?, r.digest()?));

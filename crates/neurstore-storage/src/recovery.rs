@@ -65,7 +65,11 @@ impl Engine {
             };
             let file = self.backend.open(name, true).map_err(io(name.clone()))?;
             let len = file.len().map_err(io(name.clone()))?;
-            self.check_pack_header(&*file, id, len)?;
+            // A pack with nothing committed may have a torn header (it is synced with the
+            // pack's first commit); its tail is checked and cut below like any other.
+            if committed >= crate::record::PACK_HEADER_LEN {
+                self.check_pack_header(&*file, id, len)?;
+            }
             if len > committed {
                 self.check_tail(id, committed, len, next_seq, &known)?;
                 cuts.push((file, committed, len));

@@ -270,7 +270,7 @@ mod tests {
             .unwrap();
         conn.execute_batch(
             "INSERT INTO store_meta VALUES ('index_generation', '4');
-             INSERT INTO packs VALUES (1, 0);",
+             INSERT INTO packs (pack_id, committed_len) VALUES (1, 0);",
         )
         .unwrap();
         let sketch = |i: usize| -> Vec<f32> {
@@ -301,7 +301,7 @@ mod tests {
             )
             .unwrap();
         }
-        migrate(&mut conn).unwrap();
+        migrate(&mut conn, false).unwrap();
         let rows: Vec<(i64, Vec<u8>)> = conn
             .prepare("SELECT object_id, sketch FROM sketches ORDER BY object_id")
             .unwrap()

@@ -324,15 +324,14 @@ impl Store {
 
     /// Store-wide figures.
     pub fn stats(&self) -> Result<Stats> {
-        let (models, (_, tensor_refs, unique_tensors), objects, other) =
-            self.engine.read(|q| {
-                let models = q.models()?;
-                let mut other = 0u64;
-                for m in &models {
-                    other = other.saturating_add(other_bytes(&q.model_files(m.id)?));
-                }
-                Ok((models, q.counts()?, q.objects()?, other))
-            })?;
+        let (models, (_, tensor_refs, unique_tensors), objects, other) = self.engine.read(|q| {
+            let models = q.models()?;
+            let mut other = 0u64;
+            for m in &models {
+                other = other.saturating_add(other_bytes(&q.model_files(m.id)?));
+            }
+            Ok((models, q.counts()?, q.objects()?, other))
+        })?;
         let usage = self.engine.disk_usage()?;
         let tensor_bytes = saturating_total(models.iter().map(|m| m.raw_bytes));
         let raw_bytes = tensor_bytes.saturating_add(other);

@@ -632,7 +632,8 @@ fn expect_err<T, E: std::fmt::Display>(r: Result<T, E>, needle: &str) -> Result<
 
 /// A forged base chain is refused by the chain walk, or (format 2) before it, by the record of
 /// the first object whose row no longer matches what its record seals.
-const SEALED_OR_CHAIN: &str = "base chain|is not the object the catalog row describes";
+const SEALED_OR_CHAIN: &str =
+    "base chain|is not the object the catalog row describes|disagree with the manifest record";
 
 /// `needle` may list alternatives separated by `|`.
 fn expect_kind<T>(r: neurstore::Result<T>, kind: ErrorKind, needle: &str) -> Result<(), String> {
@@ -1090,12 +1091,13 @@ fn catalog_bombs<'a>(template: &'a Path, work: &'a Path) -> Vec<Bomb<'a>> {
                     "UPDATE models SET raw_bytes = -1 WHERE name = 'base'",
                 );
                 let store = Store::open(&root).map_err(|e| e.to_string())?;
-                // Only a progress total: the model still reads back.
-                store
-                    .get("base", &root.join("out"), &NoProgress)
-                    .map_err(|e| e.to_string())?;
-                models()[0].check_get(&root.join("out"))?;
-                // The listings add it up with the others.
+                // The manifest record in the packs says otherwise: the row is refused.
+                expect_kind(
+                    store.get("base", &root.join("out"), &NoProgress),
+                    ErrorKind::Corrupt,
+                    "disagree with the manifest record",
+                )?;
+                // The listings still add it up with the others.
                 store.stats().map_err(|e| e.to_string())?;
                 store.info("base").map_err(|e| e.to_string())?;
                 store.list().map_err(|e| e.to_string())?;
