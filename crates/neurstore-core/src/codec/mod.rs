@@ -1,6 +1,7 @@
 //! Codecs: how a blob's stored bytes map to its raw bytes. Pure functions, no I/O.
 
 pub mod delta;
+pub mod entropy;
 pub mod grouped;
 pub mod quantized;
 
