@@ -160,7 +160,11 @@ pub fn decode(src: &[u8], dst: &mut [u8]) -> Result<(), CodecError> {
             *out = e as u8;
             let y = ((e >> 20) + 1) * (*x >> PROB_BITS) + ((e >> 8) & PROB_MASK);
             let need = y < STATE_LOW;
-            *x = if need { (y << 16) | bits as u16 as u32 } else { y };
+            *x = if need {
+                (y << 16) | bits as u16 as u32
+            } else {
+                y
+            };
             bits >>= 16 * need as u32;
             used += need as usize;
         }
@@ -398,7 +402,11 @@ mod tests {
         round_trip(&[7]);
         round_trip(&[0; 9]);
         let constant = round_trip(&[42; 100_000]);
-        assert!(constant.len() < 80, "constant input took {}", constant.len());
+        assert!(
+            constant.len() < 80,
+            "constant input took {}",
+            constant.len()
+        );
         let all: Vec<u8> = (0..=255).collect();
         round_trip(&all);
         round_trip(&all.repeat(1000));
@@ -420,7 +428,11 @@ mod tests {
             enc.len()
         );
         let est = estimated_len(&counts);
-        assert!(est.abs_diff(enc.len()) <= 2 * LANES, "{est} vs {}", enc.len());
+        assert!(
+            est.abs_diff(enc.len()) <= 2 * LANES,
+            "{est} vs {}",
+            enc.len()
+        );
     }
 
     #[test]
@@ -483,8 +495,9 @@ mod tests {
             proptest::collection::vec(any::<u8>(), 0..3000),
             (any::<u8>(), 0usize..3000).prop_map(|(b, n)| vec![b; n]),
             (0usize..20_000, 0u32..12, any::<u64>()).prop_map(|(n, s, seed)| skewed(n, s, seed)),
-            (proptest::collection::vec(any::<u8>(), 1..4), 0usize..5000)
-                .prop_map(|(alphabet, n)| (0..n).map(|i| alphabet[i * 7 % alphabet.len()]).collect()),
+            (proptest::collection::vec(any::<u8>(), 1..4), 0usize..5000).prop_map(
+                |(alphabet, n)| (0..n).map(|i| alphabet[i * 7 % alphabet.len()]).collect()
+            ),
         ]
     }
 

