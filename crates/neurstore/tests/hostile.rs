@@ -361,7 +361,10 @@ fn grouped_target() -> Target {
 
 fn entropy_target() -> Target {
     let floats = float_raw(3000, 4);
-    let exponents: Vec<u8> = floats.chunks_exact(4).map(|w| w[3] << 1 | w[2] >> 7).collect();
+    let exponents: Vec<u8> = floats
+        .chunks_exact(4)
+        .map(|w| w[3] << 1 | w[2] >> 7)
+        .collect();
     let seeds = [exponents, vec![9u8; 700], (0..=255).collect(), floats]
         .into_iter()
         .map(|raw| {

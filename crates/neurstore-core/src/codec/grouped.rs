@@ -34,6 +34,8 @@ const ENTRY: usize = 1 + 4;
 const MODE_RAW: u8 = 0;
 const MODE_ZSTD: u8 = 1;
 const MODE_ENTROPY: u8 = 2;
+/// Bytes of a large plane that zstd compresses to decide whether to try it on the whole plane.
+const ZSTD_SAMPLE: usize = 32 << 10;
 
 /// Encodes `raw` grouping bytes in planes of width `plane_width` (1 disables grouping).
 pub fn encode(raw: &[u8], plane_width: usize, level: i32) -> Vec<u8> {
@@ -323,7 +325,7 @@ fn encode_plane(plane: Vec<u8>, level: i32) -> (u8, Vec<u8>) {
     if worth(rans_len) {
         best = (MODE_ENTROPY, rans_len);
     }
-    let zstd = if zstd_may_win(&plane, rans_len) {
+    let zstd = if zstd_may_win(&plane, best.1, level) {
         zstd::bulk::compress(&plane, level)
             .ok()
             .filter(|z| worth(z.len()) && z.len() < best.1)
@@ -341,11 +343,20 @@ fn encode_plane(plane: Vec<u8>, level: i32) -> (u8, Vec<u8>) {
     }
 }
 
-/// Whether zstd could store `plane` in fewer than `rans_len` bytes: always tried on small
-/// planes, where it is cheap; on larger ones only when a sample of it compresses below the
-/// entropy coder's rate (matches pay only on repetitive data).
-fn zstd_may_win(_plane: &[u8], _rans_len: usize) -> bool {
-    true
+/// Whether zstd could store `plane` in fewer than `rans_len` bytes: always tried on planes of
+/// up to `4 * ZSTD_SAMPLE` bytes, where it is cheap and the entropy coder's table weighs most;
+/// on larger ones only when zstd compresses a sample from the middle of the plane to within
+/// 2% of the entropy coder's rate for the whole plane (matches pay only on repetitive data,
+/// and zstd does a little better on the whole plane than on a sample).
+fn zstd_may_win(plane: &[u8], rans_len: usize, level: i32) -> bool {
+    if plane.len() <= 4 * ZSTD_SAMPLE {
+        return true;
+    }
+    let start = (plane.len() - ZSTD_SAMPLE) / 2;
+    let Ok(sample) = zstd::bulk::compress(&plane[start..start + ZSTD_SAMPLE], level) else {
+        return false;
+    };
+    (sample.len() as f64 / ZSTD_SAMPLE as f64) < 1.02 * (rans_len as f64 / plane.len() as f64)
 }
 
 /// Rotates every little-endian `w`-byte word of `bytes` left by one bit (the encoder's side;

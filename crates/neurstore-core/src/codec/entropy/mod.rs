@@ -22,6 +22,8 @@
 //! **Invariant:** decoding allocates nothing and performs at most one step per output byte and
 //! one word read per step, so malformed input ends in an error after bounded work.
 
+mod avx2;
+
 use super::CodecError;
 
 /// Probability precision: frequencies sum to `1 << PROB_BITS` (a 16 KiB decode table).
@@ -131,6 +133,11 @@ pub fn encode_counted(src: &[u8], counts: &Histogram, out: &mut Vec<u8>) {
 
 /// Decodes `src` into `dst`, whose length is the number of coded bytes.
 pub fn decode(src: &[u8], dst: &mut [u8]) -> Result<(), CodecError> {
+    decode_with(src, dst, true)
+}
+
+/// [`decode`], with the SIMD path allowed or not (tests compare both).
+fn decode_with(src: &[u8], dst: &mut [u8], simd: bool) -> Result<(), CodecError> {
     if dst.is_empty() {
         return if src.is_empty() {
             Ok(())
@@ -145,30 +152,32 @@ pub fn decode(src: &[u8], dst: &mut [u8]) -> Result<(), CodecError> {
     let mut pos = 0usize;
     let full = dst.len() - dst.len() % LANES;
     let (body, tail) = dst.split_at_mut(full);
-    let mut groups = body.chunks_exact_mut(LANES);
+    let done = simd_groups(&table, &mut st, stream, &mut pos, body, simd);
+    let mut groups = body[done..].chunks_exact_mut(LANES);
     // Fast path: a group of LANES symbols reads at most LANES words, so while 2 * LANES bytes
-    // remain no read needs a bounds check.
+    // remain no read needs a bounds check. Every lane loads the word at the running offset
+    // and keeps it only if it renormalizes, so the lanes share one add chain, not a branch.
     for group in &mut groups {
+        let group: &mut [u8; LANES] = group.try_into().expect("LANES bytes");
         let Some(window) = stream.get(pos..pos + 2 * LANES) else {
             decode_checked(&table, &mut st, stream, &mut pos, group)?;
             continue;
         };
-        let mut bits = u128::from_le_bytes(window.try_into().expect("16 bytes"));
-        let mut used = 0usize;
-        for (out, x) in group.iter_mut().zip(st.iter_mut()) {
-            let e = table[(*x & PROB_MASK) as usize];
-            *out = e as u8;
-            let y = ((e >> 20) + 1) * (*x >> PROB_BITS) + ((e >> 8) & PROB_MASK);
+        let window: &[u8; 2 * LANES] = window.try_into().expect("2 * LANES bytes");
+        let mut off = 0usize;
+        for j in 0..LANES {
+            let x = st[j];
+            let e = table[(x & PROB_MASK) as usize];
+            group[j] = e as u8;
+            let y = ((e >> 20) + 1) * (x >> PROB_BITS) + ((e >> 8) & PROB_MASK);
+            // off <= 2 * j <= 2 * LANES - 2 and even: the mask only tells the compiler so.
+            let o = off & (2 * LANES - 2);
+            let word = u16::from_le_bytes([window[o], window[o + 1]]) as u32;
             let need = y < STATE_LOW;
-            *x = if need {
-                (y << 16) | bits as u16 as u32
-            } else {
-                y
-            };
-            bits >>= 16 * need as u32;
-            used += need as usize;
+            st[j] = if need { (y << 16) | word } else { y };
+            off += 2 * need as usize;
         }
-        pos += 2 * used;
+        pos += off;
     }
     decode_checked(&table, &mut st, stream, &mut pos, tail)?;
     if pos != stream.len() {
@@ -181,6 +190,25 @@ pub fn decode(src: &[u8], dst: &mut [u8]) -> Result<(), CodecError> {
         return Err(CodecError::corrupt("entropy stream ends in a wrong state"));
     }
     Ok(())
+}
+
+/// Decodes whole groups with SIMD where the CPU has it, as far as the fast path would go;
+/// returns the bytes decoded (0 without SIMD).
+fn simd_groups(
+    table: &[u32; PROB_SCALE as usize],
+    st: &mut [u32; LANES],
+    stream: &[u8],
+    pos: &mut usize,
+    body: &mut [u8],
+    simd: bool,
+) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if simd && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was detected just above.
+        return unsafe { avx2::decode_groups(table, st, stream, pos, body) };
+    }
+    let _ = (table, st, stream, pos, body, simd);
+    0
 }
 
 /// Decodes symbols for states `0..out.len()` with a bounds check on every word read.
@@ -375,10 +403,25 @@ mod tests {
     fn round_trip(src: &[u8]) -> Vec<u8> {
         let mut enc = Vec::new();
         encode(src, &mut enc);
-        let mut out = vec![0u8; src.len()];
-        decode(&enc, &mut out).unwrap();
-        assert_eq!(out, src);
+        for simd in [false, true] {
+            let mut out = vec![0u8; src.len()];
+            decode_with(&enc, &mut out, simd).unwrap();
+            assert_eq!(out, src);
+        }
         enc
+    }
+
+    /// Decodes with and without SIMD: the same bytes, or both an error.
+    fn both_paths(src: &[u8], len: usize) -> Result<Vec<u8>, CodecError> {
+        let mut a = vec![0u8; len];
+        let mut b = vec![0u8; len];
+        let ra = decode_with(src, &mut a, false).map(|()| a);
+        let rb = decode_with(src, &mut b, true).map(|()| b);
+        assert_eq!(ra.is_ok(), rb.is_ok(), "paths disagree on validity");
+        if let (Ok(a), Ok(b)) = (&ra, &rb) {
+            assert_eq!(a, b, "paths decode differently");
+        }
+        ra
     }
 
     /// A deterministic byte source (xorshift), skewed by `shift`: larger shifts concentrate
@@ -433,6 +476,36 @@ mod tests {
             "{est} vs {}",
             enc.len()
         );
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_path_decodes_all_but_the_last_groups() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let src = skewed(100_003, 5, 11);
+        let mut enc = Vec::new();
+        encode(&src, &mut enc);
+        let (freqs, rest) = read_table(&enc).unwrap();
+        let (mut st, stream) = read_states(rest).unwrap();
+        let mut out = vec![0u8; src.len() - src.len() % LANES];
+        let mut pos = 0;
+        let done = simd_groups(
+            &decode_table(&freqs),
+            &mut st,
+            stream,
+            &mut pos,
+            &mut out,
+            true,
+        );
+        // It stops only where fewer than 2 * LANES stream bytes remain.
+        assert!(
+            out.len() - done <= 2 * LANES * LANES,
+            "{done} of {}",
+            out.len()
+        );
+        assert_eq!(out[..done], src[..done]);
     }
 
     #[test]
@@ -506,15 +579,12 @@ mod tests {
         fn any_distribution_round_trips(src in any_distribution()) {
             let mut enc = Vec::new();
             encode(&src, &mut enc);
-            let mut out = vec![0u8; src.len()];
-            decode(&enc, &mut out).unwrap();
-            prop_assert_eq!(out, src);
+            prop_assert_eq!(both_paths(&enc, src.len()).unwrap(), src);
         }
 
         #[test]
         fn decoder_is_total(src in proptest::collection::vec(any::<u8>(), 0..400), len in 0usize..500) {
-            let mut out = vec![0u8; len];
-            let _ = decode(&src, &mut out);
+            let _ = both_paths(&src, len);
         }
 
         #[test]
@@ -525,8 +595,7 @@ mod tests {
                 let bit = flip % (enc.len() * 8);
                 enc[bit / 8] ^= 1 << (bit % 8);
             }
-            let mut out = vec![0u8; src.len()];
-            let _ = decode(&enc, &mut out);
+            let _ = both_paths(&enc, src.len());
         }
     }
 }
