@@ -13,10 +13,10 @@
 //! [u8; 32] symbol bitmap: bit s % 8 of byte s / 8 set when symbol s occurs
 //! per set symbol, ascending: frequency - 1 as LEB128 (1 or 2 bytes, canonical); the frequencies
 //!          sum to exactly 1 << 12
-//! 8 × u32  the decoder's initial states, each in [2^16, 2^32)
+//! 32 × u32 the decoder's initial states, each in [2^16, 2^32)
 //! u16 ...  the renormalization words, in the order the decoder reads them, to the end
 //! ```
-//! Symbol `i` of the plane is coded by state `i % 8`. A well-formed payload leaves every state
+//! Symbol `i` of the plane is coded by state `i % 32`. A well-formed payload leaves every state
 //! at 2^16 with every word read; the decoder checks both.
 //!
 //! **Invariant:** decoding allocates nothing and performs at most one step per output byte and
@@ -33,7 +33,7 @@ const PROB_MASK: u32 = PROB_SCALE - 1;
 /// Lower bound of a normalized state; states live in `[STATE_LOW, 2^32)`.
 const STATE_LOW: u32 = 1 << 16;
 /// Interleaved states.
-const LANES: usize = 8;
+const LANES: usize = 32;
 const BITMAP_LEN: usize = 32;
 
 /// Byte counts of a plane.
@@ -102,33 +102,63 @@ pub fn encode_counted(src: &[u8], counts: &Histogram, out: &mut Vec<u8>) {
     }
     let freqs = normalize(counts);
     write_table(&freqs, out);
-    let mut cum = [0u32; 256];
-    let mut acc = 0;
-    for (c, &f) in cum.iter_mut().zip(&freqs) {
-        *c = acc;
-        acc += f as u32;
-    }
-    // Renormalize before coding a symbol of frequency f when the state is at or above
-    // f << (32 - PROB_BITS) (as u64: f may be the whole scale).
-    let limit: [u64; 256] = std::array::from_fn(|s| (freqs[s] as u64) << (32 - PROB_BITS));
+    let syms = encode_symbols(&freqs);
     let mut states = [STATE_LOW; LANES];
-    let mut words: Vec<u16> = Vec::with_capacity(src.len() / 2 + 16);
+    // At most one word per byte; every step stores one and keeps it only when it renormalized.
+    let mut words = vec![0u16; src.len()];
+    let mut k = 0;
     for (i, &s) in src.iter().enumerate().rev() {
+        let e = &syms[s as usize];
         let x = &mut states[i % LANES];
-        let f = freqs[s as usize] as u32;
-        if *x as u64 >= limit[s as usize] {
-            words.push(*x as u16);
-            *x >>= 16;
-        }
-        *x = ((*x / f) << PROB_BITS) + (*x % f) + cum[s as usize];
+        let emit = *x as u64 >= e.limit;
+        words[k] = *x as u16;
+        k += emit as usize;
+        *x >>= 16 * emit as u32;
+        let q = ((*x as u128 * e.rcp as u128) >> e.shift) as u32;
+        *x += e.cum + q * e.cmpl;
     }
     for x in states {
         out.extend_from_slice(&x.to_le_bytes());
     }
-    out.reserve(words.len() * 2);
-    for w in words.iter().rev() {
+    out.reserve(k * 2);
+    for w in words[..k].iter().rev() {
         out.extend_from_slice(&w.to_le_bytes());
     }
+}
+
+/// What coding one symbol takes. The state `x` becomes `(x / f) << PROB_BITS | x % f` plus the
+/// cumulative frequency, computed as `x + cum + q * (PROB_SCALE - f)` with `q = x / f` taken
+/// as `(x * rcp) >> shift`, exact for every 32-bit `x` (Granlund and Montgomery:
+/// `rcp = ceil(2^shift / f)`, `shift = 32 + ceil(log2 f)`).
+#[derive(Clone, Copy, Default)]
+struct EncodeSymbol {
+    rcp: u64,
+    shift: u32,
+    cmpl: u32,
+    cum: u32,
+    /// Renormalize first when the state is at or above `f << (32 - PROB_BITS)`.
+    limit: u64,
+}
+
+fn encode_symbols(freqs: &[u16; 256]) -> [EncodeSymbol; 256] {
+    let mut syms = [EncodeSymbol::default(); 256];
+    let mut cum = 0u32;
+    for (e, &f) in syms.iter_mut().zip(freqs) {
+        let f = f as u32;
+        if f == 0 {
+            continue;
+        }
+        let log = 32 - (f - 1).leading_zeros();
+        *e = EncodeSymbol {
+            rcp: ((1u128 << (32 + log)).div_ceil(f as u128)) as u64,
+            shift: 32 + log,
+            cmpl: PROB_SCALE - f,
+            cum,
+            limit: (f as u64) << (32 - PROB_BITS),
+        };
+        cum += f;
+    }
+    syms
 }
 
 /// Decodes `src` into `dst`, whose length is the number of coded bytes.
@@ -203,8 +233,11 @@ fn simd_groups(
     simd: bool,
 ) -> usize {
     #[cfg(target_arch = "x86_64")]
-    if simd && std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 was detected just above.
+    if simd
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("popcnt")
+    {
+        // SAFETY: AVX2 and POPCNT were detected just above.
         return unsafe { avx2::decode_groups(table, st, stream, pos, body) };
     }
     let _ = (table, st, stream, pos, body, simd);
@@ -446,7 +479,7 @@ mod tests {
         round_trip(&[0; 9]);
         let constant = round_trip(&[42; 100_000]);
         assert!(
-            constant.len() < 80,
+            constant.len() < 1 + BITMAP_LEN + 2 + 4 * LANES + 8,
             "constant input took {}",
             constant.len()
         );
@@ -481,7 +514,9 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn simd_path_decodes_all_but_the_last_groups() {
-        if !std::arch::is_x86_feature_detected!("avx2") {
+        if !std::arch::is_x86_feature_detected!("avx2")
+            || !std::arch::is_x86_feature_detected!("popcnt")
+        {
             return;
         }
         let src = skewed(100_003, 5, 11);
@@ -506,6 +541,30 @@ mod tests {
             out.len()
         );
         assert_eq!(out[..done], src[..done]);
+    }
+
+    #[test]
+    fn reciprocal_division_is_exact() {
+        let mut freqs = [0u16; 256];
+        let mut r = 0x9E37_79B9_7F4A_7C15u64;
+        for f in 1..=PROB_SCALE {
+            freqs[0] = f as u16;
+            let e = encode_symbols(&freqs)[0];
+            let limit = (f as u64) << (32 - PROB_BITS);
+            let edges = [0, 1, f - 1, f, f + 1, STATE_LOW, u32::MAX, u32::MAX - 1];
+            let edges = edges
+                .into_iter()
+                .chain([limit - 1, limit].map(|v| v.min(u32::MAX as u64) as u32));
+            for x in edges.chain((0..40).map(|_| {
+                r ^= r << 13;
+                r ^= r >> 7;
+                r ^= r << 17;
+                r as u32
+            })) {
+                let q = ((x as u128 * e.rcp as u128) >> e.shift) as u32;
+                assert_eq!(q, x / f, "x = {x}, f = {f}");
+            }
+        }
     }
 
     #[test]
