@@ -13,8 +13,10 @@ Usage: scripts/bench_zipnn.py [--repeat N] [--threads 1,2] [--json OUT] [--bench
    checked byte for byte after every round trip, so a stand-in could not go unnoticed.
 3. For each file and each thread count: ZipNN's ratio and its in-process compress and
    decompress speed (median of N; `compress` rewrites its input buffer in place, so each round
-   gets a fresh copy made outside the timed region), and the store's lossless ratio and its
-   put/get speed from `neurstore-bench io` with RAYON_NUM_THREADS set to the same count.
+   gets a fresh copy made outside the timed region); the store's lossless ratio and its
+   put/get speed from `neurstore-bench io`; and the store's tensor codec alone, in process,
+   from `neurstore-entropy` (like for like with ZipNN's calls), with RAYON_NUM_THREADS set to
+   the same count. Speeds are given over wall time and over the process's CPU time.
 4. Prints a table and writes JSON (default target/bench-zipnn.json).
 
 The store's put and get are whole operations (put: parse, hash, encode, write and fsync the
@@ -87,17 +89,19 @@ from zipnn import ZipNN
 
 path, dtype, threads, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 original = open(path, "rb").read()
-comp, decomp, size = [], [], None
+comp, decomp, comp_cpu, decomp_cpu, size = [], [], [], [], None
 for _ in range(repeat + 1):  # the first round is a warm-up
     data = bytearray(original)  # compress rewrites its input in place
     z = ZipNN(input_format="byte", bytearray_dtype=dtype, threads=threads)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     packed = z.compress(data)
     comp.append(time.perf_counter() - t)
+    comp_cpu.append(time.process_time() - c)
     z = ZipNN(input_format="byte", bytearray_dtype=dtype, threads=threads)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     back = z.decompress(packed)
     decomp.append(time.perf_counter() - t)
+    decomp_cpu.append(time.process_time() - c)
     if bytes(back) != original:
         sys.exit("ZipNN round trip differs")
     size = len(packed)
@@ -106,12 +110,14 @@ print(json.dumps({
     "bytes": n, "compressed": size, "ratio": n / size,
     "compress_mb_s": n / statistics.median(comp[1:]) / 1e6,
     "decompress_mb_s": n / statistics.median(decomp[1:]) / 1e6,
+    "compress_cpu_mb_s": n / statistics.median(comp_cpu[1:]) / 1e6,
+    "decompress_cpu_mb_s": n / statistics.median(decomp_cpu[1:]) / 1e6,
 }))
 '''
 
 
-def run(cmd, **kw):
-    return subprocess.run(cmd, check=True, **kw)
+def run(cmd, check=True, **kw):
+    return subprocess.run(cmd, check=check, **kw)
 
 
 def ensure_models():
@@ -168,6 +174,24 @@ def store_measure(bench, path, threads, repeat):
     }
 
 
+def codec_measure(entropy_bin, path, threads, repeat):
+    """The store's tensor codec alone (encode_tensor / decode), from neurstore-entropy."""
+    with tempfile.TemporaryDirectory(prefix="bench-zipnn-") as tmp:
+        out = os.path.join(tmp, "entropy.json")
+        env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+        run([entropy_bin, "--model", path, "--finetune-noise", "0", "--repeat", str(repeat),
+             "--json", out], env=env, stdout=subprocess.DEVNULL)
+        with open(out) as f:
+            w = json.load(f)["tensor_codec"][0]
+    return {
+        "ratio": w["raw_bytes"] / w["stored_bytes"],
+        "encode_mb_s": w["encode"]["wall_mb_s"],
+        "decode_mb_s": w["decode"]["wall_mb_s"],
+        "encode_cpu_mb_s": w["encode"]["cpu_mb_s"],
+        "decode_cpu_mb_s": w["decode"]["cpu_mb_s"],
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
@@ -177,6 +201,7 @@ def main():
     args = ap.parse_args()
     if not os.path.exists(args.bench):
         sys.exit(f"{args.bench} missing: cargo build --release -p neurstore-bench")
+    entropy_bin = os.path.join(os.path.dirname(args.bench), "neurstore-entropy")
     models = ensure_models()
     python = ensure_venv()
     rows = []
@@ -184,19 +209,27 @@ def main():
         for threads in [int(t) for t in args.threads.split(",")]:
             z = zipnn_measure(python, path, dtype, threads, args.repeat)
             s = store_measure(args.bench, path, threads, args.repeat)
+            c = codec_measure(entropy_bin, path, threads, args.repeat)
             rows.append({"file": os.path.basename(path), "dtype": dtype, "threads": threads,
-                         "zipnn": z, "store": s})
+                         "zipnn": z, "store": s, "codec": c})
             print(f"measured {os.path.basename(path)} threads={threads}", file=sys.stderr)
 
-    print(f"{'file':<36} {'thr':>3} {'ZipNN':>7} {'store':>7} {'(codec)':>8} "
-          f"{'ZipNN comp':>10} {'put':>7} {'ZipNN dec':>10} {'get':>7}")
+    print(f"{'file':<36} {'thr':>3} {'ZipNN':>7} {'store':>7} {'codec':>7} | wall MB/s: "
+          f"{'Z comp':>6} {'enc':>6} {'put':>5} {'Z dec':>6} {'dec':>6} {'get':>5} | per CPU-s: "
+          f"{'Z comp':>6} {'enc':>6} {'Z dec':>6} {'dec':>6}")
     for r in rows:
-        z, s = r["zipnn"], r["store"]
+        z, s, c = r["zipnn"], r["store"], r["codec"]
         print(f"{r['file']:<36} {r['threads']:>3} {z['ratio']:>6.3f}x {s['ratio']:>6.3f}x "
-              f"{s['codec_ratio']:>7.3f}x {z['compress_mb_s']:>10.0f} {s['put_mb_s']:>7.0f} "
-              f"{z['decompress_mb_s']:>10.0f} {s['get_mb_s']:>7.0f}")
-    print("ratios: raw / stored (the store's with its catalog; codec = tensor codec alone); "
-          "speeds in MB/s of the file, median; put/get are whole store operations")
+              f"{c['ratio']:>6.3f}x |            {z['compress_mb_s']:>6.0f} "
+              f"{c['encode_mb_s']:>6.0f} {s['put_mb_s']:>5.0f} {z['decompress_mb_s']:>6.0f} "
+              f"{c['decode_mb_s']:>6.0f} {s['get_mb_s']:>5.0f} |            "
+              f"{z['compress_cpu_mb_s']:>6.0f} {c['encode_cpu_mb_s']:>6.0f} "
+              f"{z['decompress_cpu_mb_s']:>6.0f} {c['decode_cpu_mb_s']:>6.0f}")
+    print("ratios: raw / stored (store: packs + catalog; codec: the tensor codec alone). "
+          "MB/s of the file (codec: of tensor bytes), medians; Z = ZipNN in process; enc/dec = "
+          "the store's tensor codec in process; put/get = whole store operations (fsync, "
+          "checksums, catalog, files). Per CPU-s = over the process's CPU time, all threads: "
+          "robust to other load on a shared machine.")
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"zipnn_version": ZIPNN_VERSION, "repeat": args.repeat, "rows": rows}, f,
