@@ -407,7 +407,7 @@ fn read_states(src: &[u8]) -> Result<([u32; LANES], &[u8]), CodecError> {
         }
     }
     let stream = &src[LANES * 4..];
-    if stream.len() % 2 != 0 {
+    if !stream.len().is_multiple_of(2) {
         return Err(CodecError::corrupt("entropy stream of odd length"));
     }
     Ok((states, stream))
