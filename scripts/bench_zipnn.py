@@ -179,7 +179,7 @@ def codec_measure(entropy_bin, path, threads, repeat):
     with tempfile.TemporaryDirectory(prefix="bench-zipnn-") as tmp:
         out = os.path.join(tmp, "entropy.json")
         env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
-        run([entropy_bin, "--model", path, "--finetune-noise", "0", "--repeat", str(repeat),
+        run([entropy_bin, "--model", path, "--codec-only", "--repeat", str(repeat),
              "--json", out], env=env, stdout=subprocess.DEVNULL)
         with open(out) as f:
             w = json.load(f)["tensor_codec"][0]

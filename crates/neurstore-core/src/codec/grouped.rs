@@ -1,9 +1,10 @@
-//! Byte-grouped, chunked zstd: the lossless codec for standalone tensors and plain files.
+//! Byte-grouped, chunked coding: the lossless codec for standalone tensors and plain files.
 //!
 //! The input is cut into chunks of `CHUNK_LEN` bytes (a multiple of the plane width `w`). Within a
 //! chunk, byte `k` of every `w`-byte element goes to plane `k`, so for floats the sign/exponent
-//! bytes (low entropy) sit apart from the mantissa bytes (close to random). Each plane is zstd
-//! compressed, or kept raw where zstd does not save at least 1/64 of it. For floats the encoder
+//! bytes (low entropy) sit apart from the mantissa bytes (close to random). Each plane is stored
+//! raw, zstd compressed or coded by the order-0 entropy coder ([`super::entropy`]), whichever is
+//! smallest, a coded form only where it saves more than 1/64 of the plane. For floats the encoder
 //! may first rotate each little-endian word left by one bit, moving the sign bit to the bottom so
 //! the top byte holds exponent bits only (ZipNN's trick): the exponent plane then compresses
 //! further and the sign joins the mantissa bytes, which are close to random anyway.
@@ -16,7 +17,7 @@
 //! u32 chunk length in bytes (multiple of w, > 0)
 //! u64 raw length
 //! u32 chunk count = ceil(raw length / chunk length)
-//! chunk count * w entries of { u8 mode (0 raw, 1 zstd), u32 stored length }
+//! chunk count * w entries of { u8 mode (0 raw, 1 zstd, 2 entropy coded), u32 stored length }
 //! the plane payloads, in entry order
 //! ```
 //! **Invariant:** decoding never allocates more than the caller's output buffer plus one chunk.
@@ -312,7 +313,7 @@ impl Layout {
 ///
 /// The byte histogram decides most planes without trying zstd: past 7.9 bits of order-0
 /// entropy neither coder can save 1/64 (the low mantissa bytes of trained weights); otherwise
-/// the entropy coder's exact size follows from the histogram, and zstd is run only where
+/// the entropy coder's size follows from the histogram (within 64 bytes), and zstd is run where
 /// [`zstd_may_win`] says matches could beat order-0 coding.
 fn encode_plane(plane: Vec<u8>, level: i32) -> (u8, Vec<u8>) {
     let worth = |len: usize| len + plane.len() / 64 < plane.len();
@@ -343,12 +344,13 @@ fn encode_plane(plane: Vec<u8>, level: i32) -> (u8, Vec<u8>) {
     }
 }
 
-/// Whether zstd could store `plane` in fewer than `rans_len` bytes: always tried on planes of
+/// Whether zstd could store `plane` in fewer than `target_len` bytes (the best other choice's
+/// length): always tried on planes of
 /// up to `4 * ZSTD_SAMPLE` bytes, where it is cheap and the entropy coder's table weighs most;
 /// on larger ones only when zstd compresses a sample from the middle of the plane to within
-/// 2% of the entropy coder's rate for the whole plane (matches pay only on repetitive data,
-/// and zstd does a little better on the whole plane than on a sample).
-fn zstd_may_win(plane: &[u8], rans_len: usize, level: i32) -> bool {
+/// 2% of the target's rate for the whole plane (matches pay only on repetitive data, and zstd
+/// does a little better on the whole plane than on a sample).
+fn zstd_may_win(plane: &[u8], target_len: usize, level: i32) -> bool {
     if plane.len() <= 4 * ZSTD_SAMPLE {
         return true;
     }
@@ -356,7 +358,7 @@ fn zstd_may_win(plane: &[u8], rans_len: usize, level: i32) -> bool {
     let Ok(sample) = zstd::bulk::compress(&plane[start..start + ZSTD_SAMPLE], level) else {
         return false;
     };
-    (sample.len() as f64 / ZSTD_SAMPLE as f64) < 1.02 * (rans_len as f64 / plane.len() as f64)
+    (sample.len() as f64 / ZSTD_SAMPLE as f64) < 1.02 * (target_len as f64 / plane.len() as f64)
 }
 
 /// Rotates every little-endian `w`-byte word of `bytes` left by one bit (the encoder's side;

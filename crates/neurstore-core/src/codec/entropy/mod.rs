@@ -90,7 +90,8 @@ pub fn estimated_len(counts: &Histogram) -> usize {
     table_len(&freqs) + LANES * 4 + (bits / 8.0).ceil() as usize
 }
 
-/// Encodes `src`, appending the payload to `out`.
+/// Encodes `src` (shorter than 2^32 bytes: a plane is at most one chunk), appending the
+/// payload to `out`.
 pub fn encode(src: &[u8], out: &mut Vec<u8>) {
     encode_counted(src, &histogram(src), out);
 }
