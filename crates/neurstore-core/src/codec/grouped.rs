@@ -190,6 +190,9 @@ fn decode_chunk(
 thread_local! {
     /// Plane scratch of the chunk being decoded on this thread.
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A zstd compression context per thread, reused across planes.
+    static CCTX: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
     /// A zstd decompression context per thread, reused across planes.
     static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { std::cell::RefCell::new(None) };
@@ -327,9 +330,7 @@ fn encode_plane(plane: Vec<u8>, level: i32) -> (u8, Vec<u8>) {
         best = (MODE_ENTROPY, rans_len);
     }
     let zstd = if zstd_may_win(&plane, best.1, level) {
-        zstd::bulk::compress(&plane, level)
-            .ok()
-            .filter(|z| worth(z.len()) && z.len() < best.1)
+        zstd_compress(&plane, level).filter(|z| worth(z.len()) && z.len() < best.1)
     } else {
         None
     };
@@ -355,10 +356,23 @@ fn zstd_may_win(plane: &[u8], target_len: usize, level: i32) -> bool {
         return true;
     }
     let start = (plane.len() - ZSTD_SAMPLE) / 2;
-    let Ok(sample) = zstd::bulk::compress(&plane[start..start + ZSTD_SAMPLE], level) else {
+    let Some(sample) = zstd_compress(&plane[start..start + ZSTD_SAMPLE], level) else {
         return false;
     };
     (sample.len() as f64 / ZSTD_SAMPLE as f64) < 1.02 * (target_len as f64 / plane.len() as f64)
+}
+
+/// zstd at `level` through this thread's reused compression context; `None` if zstd fails.
+fn zstd_compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    CCTX.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = Some(zstd::bulk::Compressor::new(level).ok()?);
+        }
+        let c = c.as_mut().expect("set above");
+        c.set_compression_level(level).ok()?;
+        c.compress(data).ok()
+    })
 }
 
 /// Rotates every little-endian `w`-byte word of `bytes` left by one bit (the encoder's side;

@@ -115,7 +115,7 @@ pub fn encode_counted(src: &[u8], counts: &Histogram, out: &mut Vec<u8>) {
         words[k] = *x as u16;
         k += emit as usize;
         *x >>= 16 * emit as u32;
-        let q = ((*x as u128 * e.rcp as u128) >> e.shift) as u32;
+        let q = (((*x as u128 * e.rcp as u128) >> 32) as u64 >> e.log) as u32;
         *x += e.cum + q * e.cmpl;
     }
     for x in states {
@@ -129,12 +129,13 @@ pub fn encode_counted(src: &[u8], counts: &Histogram, out: &mut Vec<u8>) {
 
 /// What coding one symbol takes. The state `x` becomes `(x / f) << PROB_BITS | x % f` plus the
 /// cumulative frequency, computed as `x + cum + q * (PROB_SCALE - f)` with `q = x / f` taken
-/// as `(x * rcp) >> shift`, exact for every 32-bit `x` (Granlund and Montgomery:
-/// `rcp = ceil(2^shift / f)`, `shift = 32 + ceil(log2 f)`).
+/// as `(x * rcp) >> (32 + log)`, exact for every 32-bit `x` (Granlund and Montgomery:
+/// `rcp = ceil(2^(32 + log) / f)`, `log = ceil(log2 f)`); shifting by 32 first, then by `log`,
+/// keeps both shifts below 64 bits.
 #[derive(Clone, Copy, Default)]
 struct EncodeSymbol {
     rcp: u64,
-    shift: u32,
+    log: u32,
     cmpl: u32,
     cum: u32,
     /// Renormalize first when the state is at or above `f << (32 - PROB_BITS)`.
@@ -152,7 +153,7 @@ fn encode_symbols(freqs: &[u16; 256]) -> [EncodeSymbol; 256] {
         let log = 32 - (f - 1).leading_zeros();
         *e = EncodeSymbol {
             rcp: ((1u128 << (32 + log)).div_ceil(f as u128)) as u64,
-            shift: 32 + log,
+            log,
             cmpl: PROB_SCALE - f,
             cum,
             limit: (f as u64) << (32 - PROB_BITS),
@@ -562,7 +563,7 @@ mod tests {
                 r ^= r << 17;
                 r as u32
             })) {
-                let q = ((x as u128 * e.rcp as u128) >> e.shift) as u32;
+                let q = (((x as u128 * e.rcp as u128) >> 32) as u64 >> e.log) as u32;
                 assert_eq!(q, x / f, "x = {x}, f = {f}");
             }
         }
