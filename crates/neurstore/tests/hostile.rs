@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use neurstore::{BaseChoice, DType, ErrorKind, Mode, NoProgress, PutOptions, Store, TensorInput};
-use neurstore_core::codec::{delta, grouped, quantized};
+use neurstore_core::codec::{delta, entropy, grouped, quantized};
 use neurstore_core::hnsw::{Hnsw, HnswParams};
 use neurstore_core::safetensors;
 use neurstore_core::sketch::{Packed, SKETCH_DIM};
@@ -355,6 +355,33 @@ fn grouped_target() -> Target {
         run: Box::new(|seed, input| {
             let mut out = vec![0u8; seed.out_len];
             grouped::decode_into(input, &mut out).is_ok()
+        }),
+        share: 1,
+    }
+}
+
+fn entropy_target() -> Target {
+    let floats = float_raw(3000, 4);
+    let exponents: Vec<u8> = floats
+        .chunks_exact(4)
+        .map(|w| w[3] << 1 | w[2] >> 7)
+        .collect();
+    let seeds = [exponents, vec![9u8; 700], (0..=255).collect(), floats]
+        .into_iter()
+        .map(|raw| {
+            let mut blob = Vec::new();
+            entropy::encode(&raw, &mut blob);
+            let mut s = Seed::new(blob, Vec::new());
+            s.out_len = raw.len();
+            s
+        })
+        .collect();
+    Target {
+        name: "entropy_decode",
+        seeds,
+        run: Box::new(|seed, input| {
+            let mut out = vec![0u8; seed.out_len];
+            entropy::decode(input, &mut out).is_ok()
         }),
         share: 1,
     }
@@ -1177,6 +1204,7 @@ fn hostile_inputs_are_refused_within_bounds() {
         safetensors_target(),
         directory_target(dir.path()),
         grouped_target(),
+        entropy_target(),
         delta_target(),
         quantized_target(),
         hnsw_target(),

@@ -1,9 +1,10 @@
-//! Byte-grouped, chunked zstd: the lossless codec for standalone tensors and plain files.
+//! Byte-grouped, chunked coding: the lossless codec for standalone tensors and plain files.
 //!
 //! The input is cut into chunks of `CHUNK_LEN` bytes (a multiple of the plane width `w`). Within a
 //! chunk, byte `k` of every `w`-byte element goes to plane `k`, so for floats the sign/exponent
-//! bytes (low entropy) sit apart from the mantissa bytes (close to random). Each plane is zstd
-//! compressed, or kept raw where zstd does not save at least 1/64 of it. For floats the encoder
+//! bytes (low entropy) sit apart from the mantissa bytes (close to random). Each plane is stored
+//! raw, zstd compressed or coded by the order-0 entropy coder ([`super::entropy`]), whichever is
+//! smallest, a coded form only where it saves more than 1/64 of the plane. For floats the encoder
 //! may first rotate each little-endian word left by one bit, moving the sign bit to the bottom so
 //! the top byte holds exponent bits only (ZipNN's trick): the exponent plane then compresses
 //! further and the sign joins the mantissa bytes, which are close to random anyway.
@@ -16,14 +17,14 @@
 //! u32 chunk length in bytes (multiple of w, > 0)
 //! u64 raw length
 //! u32 chunk count = ceil(raw length / chunk length)
-//! chunk count * w entries of { u8 mode (0 raw, 1 zstd), u32 stored length }
+//! chunk count * w entries of { u8 mode (0 raw, 1 zstd, 2 entropy coded), u32 stored length }
 //! the plane payloads, in entry order
 //! ```
 //! **Invariant:** decoding never allocates more than the caller's output buffer plus one chunk.
 
 use rayon::prelude::*;
 
-use super::CodecError;
+use super::{CodecError, entropy};
 
 const VERSION: u8 = 1;
 /// Chunk size: large enough for zstd to find structure, small enough to spread over cores.
@@ -31,6 +32,11 @@ pub const CHUNK_LEN: usize = 1 << 20;
 const FIXED_HEADER: usize = 1 + 1 + 1 + 4 + 8 + 4;
 const ROTATED: u8 = 1;
 const ENTRY: usize = 1 + 4;
+const MODE_RAW: u8 = 0;
+const MODE_ZSTD: u8 = 1;
+const MODE_ENTROPY: u8 = 2;
+/// Bytes of a large plane that zstd compresses to decide whether to try it on the whole plane.
+const ZSTD_SAMPLE: usize = 32 << 10;
 
 /// Encodes `raw` grouping bytes in planes of width `plane_width` (1 disables grouping).
 pub fn encode(raw: &[u8], plane_width: usize, level: i32) -> Vec<u8> {
@@ -60,17 +66,7 @@ pub fn encode_with(raw: &[u8], plane_width: usize, rotate_sign: bool, level: i32
             };
             split_planes(chunk, w)
                 .into_iter()
-                .map(|plane| {
-                    if looks_random(&plane) {
-                        return (0u8, plane);
-                    }
-                    let packed = zstd::bulk::compress(&plane, level).unwrap_or_default();
-                    if !packed.is_empty() && packed.len() + plane.len() / 64 < plane.len() {
-                        (1u8, packed)
-                    } else {
-                        (0u8, plane)
-                    }
-                })
+                .map(|plane| encode_plane(plane, level))
                 .collect()
         })
         .collect();
@@ -167,7 +163,7 @@ fn decode_chunk(
             .zip(scratch.chunks_exact_mut(plane_len))
             .enumerate()
         {
-            if mode != 0 {
+            if mode != MODE_RAW {
                 decode_plane(mode, &stored[start..start + len], target)?;
             } else if len != plane_len {
                 return Err(CodecError::corrupt(format!(
@@ -179,7 +175,7 @@ fn decode_chunk(
             .iter()
             .zip(scratch.chunks_exact(plane_len))
             .map(|(&(mode, start, len), decoded)| {
-                if mode == 0 {
+                if mode == MODE_RAW {
                     &stored[start..start + len]
                 } else {
                     decoded
@@ -194,6 +190,9 @@ fn decode_chunk(
 thread_local! {
     /// Plane scratch of the chunk being decoded on this thread.
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A zstd compression context per thread, reused across planes.
+    static CCTX: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
     /// A zstd decompression context per thread, reused across planes.
     static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { std::cell::RefCell::new(None) };
@@ -202,11 +201,12 @@ thread_local! {
 /// Decodes one plane payload into `target` (whose length is the plane's).
 fn decode_plane(mode: u8, src: &[u8], target: &mut [u8]) -> Result<(), CodecError> {
     match mode {
-        0 if src.len() == target.len() => {
+        MODE_RAW if src.len() == target.len() => {
             target.copy_from_slice(src);
             Ok(())
         }
-        0 => Err(CodecError::corrupt("raw plane length disagrees with chunk")),
+        MODE_RAW => Err(CodecError::corrupt("raw plane length disagrees with chunk")),
+        MODE_ENTROPY => entropy::decode(src, target),
         _ => {
             let n = DCTX
                 .with(|d| {
@@ -285,7 +285,7 @@ impl Layout {
             for _ in 0..w {
                 let e = entries.next().expect("table sized above");
                 let len = u32::from_le_bytes(e[1..5].try_into().unwrap()) as usize;
-                if e[0] > 1 {
+                if e[0] > MODE_ENTROPY {
                     return Err(CodecError::corrupt(format!("unknown plane mode {}", e[0])));
                 }
                 if len > stored.len() - pos {
@@ -311,27 +311,68 @@ impl Layout {
     }
 }
 
-/// True when the bytes' order-0 entropy is so close to 8 bits that zstd could not save the
-/// 1/64 required to keep its output (the low mantissa bytes of trained weights): skips the
-/// attempt, which would cost more time than anything else in the codec.
-fn looks_random(plane: &[u8]) -> bool {
-    if plane.len() < 4096 {
+/// Chooses how to store one plane: raw, zstd or the order-0 entropy coder, whichever is
+/// smallest, keeping a coded form only when it saves more than 1/64 of the plane.
+///
+/// The byte histogram decides most planes without trying zstd: past 7.9 bits of order-0
+/// entropy neither coder can save 1/64 (the low mantissa bytes of trained weights); otherwise
+/// the entropy coder's size follows from the histogram (within 64 bytes), and zstd is run where
+/// [`zstd_may_win`] says matches could beat order-0 coding.
+fn encode_plane(plane: Vec<u8>, level: i32) -> (u8, Vec<u8>) {
+    let worth = |len: usize| len + plane.len() / 64 < plane.len();
+    let counts = entropy::histogram(&plane);
+    if plane.len() >= 4096 && entropy::entropy_bits(&counts) > 7.9 {
+        return (MODE_RAW, plane);
+    }
+    let rans_len = entropy::estimated_len(&counts);
+    let mut best = (MODE_RAW, plane.len());
+    if worth(rans_len) {
+        best = (MODE_ENTROPY, rans_len);
+    }
+    let zstd = if zstd_may_win(&plane, best.1, level) {
+        zstd_compress(&plane, level).filter(|z| worth(z.len()) && z.len() < best.1)
+    } else {
+        None
+    };
+    match (zstd, best.0) {
+        (Some(z), _) => (MODE_ZSTD, z),
+        (None, MODE_ENTROPY) => {
+            let mut out = Vec::with_capacity(rans_len + 64);
+            entropy::encode_counted(&plane, &counts, &mut out);
+            (MODE_ENTROPY, out)
+        }
+        (None, _) => (MODE_RAW, plane),
+    }
+}
+
+/// Whether zstd could store `plane` in fewer than `target_len` bytes (the best other choice's
+/// length): always tried on planes of
+/// up to `4 * ZSTD_SAMPLE` bytes, where it is cheap and the entropy coder's table weighs most;
+/// on larger ones only when zstd compresses a sample from the middle of the plane to within
+/// 2% of the target's rate for the whole plane (matches pay only on repetitive data, and zstd
+/// does a little better on the whole plane than on a sample).
+fn zstd_may_win(plane: &[u8], target_len: usize, level: i32) -> bool {
+    if plane.len() <= 4 * ZSTD_SAMPLE {
+        return true;
+    }
+    let start = (plane.len() - ZSTD_SAMPLE) / 2;
+    let Some(sample) = zstd_compress(&plane[start..start + ZSTD_SAMPLE], level) else {
         return false;
-    }
-    let mut counts = [0u32; 256];
-    for &b in plane {
-        counts[b as usize] += 1;
-    }
-    let n = plane.len() as f64;
-    let entropy: f64 = counts
-        .iter()
-        .filter(|&&c| c > 0)
-        .map(|&c| {
-            let p = c as f64 / n;
-            -p * p.log2()
-        })
-        .sum();
-    entropy > 7.9
+    };
+    (sample.len() as f64 / ZSTD_SAMPLE as f64) < 1.02 * (target_len as f64 / plane.len() as f64)
+}
+
+/// zstd at `level` through this thread's reused compression context; `None` if zstd fails.
+fn zstd_compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    CCTX.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = Some(zstd::bulk::Compressor::new(level).ok()?);
+        }
+        let c = c.as_mut().expect("set above");
+        c.set_compression_level(level).ok()?;
+        c.compress(data).ok()
+    })
 }
 
 /// Rotates every little-endian `w`-byte word of `bytes` left by one bit (the encoder's side;
@@ -498,6 +539,75 @@ mod tests {
         assert!(r.decode_range(1, &mut out).is_err());
         assert!(r.decode_range(CHUNK_LEN as u64, &mut out).is_err());
         assert!(r.decode_range(3 * CHUNK_LEN as u64 + 96, &mut out).is_err());
+    }
+
+    /// Modes of every plane of a blob, chunk-major.
+    fn modes(enc: &[u8], raw_len: usize) -> Vec<u8> {
+        let layout = Layout::parse(enc, raw_len as u64).unwrap();
+        layout.chunks.iter().flatten().map(|p| p.0).collect()
+    }
+
+    /// Float-like words: a skewed exponent byte over random low bytes, as in trained weights.
+    fn weights(n: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed | 1;
+        (0..n)
+            .flat_map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let g = ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+                let v = (g.ln() * -0.02) as f32 * if s & 1 == 0 { 1.0 } else { -1.0 };
+                v.to_le_bytes()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn exponent_planes_take_the_entropy_coder() {
+        let raw = weights(CHUNK_LEN / 2, 5);
+        let enc = encode_with(&raw, 4, true, 1);
+        // Planes 0..2 of each chunk hold mantissa bits (raw); plane 3 the exponent.
+        let m = modes(&enc, raw.len());
+        assert!(m.chunks(4).all(|c| c[3] == MODE_ENTROPY), "modes {m:?}");
+        let mut out = vec![0u8; raw.len()];
+        decode_into(&enc, &mut out).unwrap();
+        assert_eq!(out, raw);
+        let r = Ranged::new(&enc, raw.len() as u64).unwrap();
+        let mut part = vec![0u8; CHUNK_LEN];
+        r.decode_range(CHUNK_LEN as u64, &mut part).unwrap();
+        assert_eq!(part, &raw[CHUNK_LEN..2 * CHUNK_LEN]);
+    }
+
+    #[test]
+    fn repetitive_planes_keep_zstd() {
+        let raw: Vec<u8> = b"a plain file repeats itself; ".repeat(5000);
+        let m = modes(&encode(&raw, 1, 3), raw.len());
+        assert_eq!(m, vec![MODE_ZSTD]);
+    }
+
+    #[test]
+    fn blobs_of_raw_and_zstd_planes_decode_as_before() {
+        // A blob as the first encoder wrote it: one chunk of 2-byte words, plane 0 raw, plane 1
+        // zstd.
+        let raw: Vec<u8> = (0..1000u32).flat_map(|i| [(i * 37) as u8, 3]).collect();
+        let plane0: Vec<u8> = raw.iter().step_by(2).copied().collect();
+        let plane1 = zstd::bulk::compress(&[3u8; 1000], 1).unwrap();
+        let mut blob = vec![1, 2, 0];
+        blob.extend_from_slice(&(CHUNK_LEN as u32).to_le_bytes());
+        blob.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+        blob.extend_from_slice(&1u32.to_le_bytes());
+        blob.push(MODE_RAW);
+        blob.extend_from_slice(&(plane0.len() as u32).to_le_bytes());
+        blob.push(MODE_ZSTD);
+        blob.extend_from_slice(&(plane1.len() as u32).to_le_bytes());
+        blob.extend_from_slice(&plane0);
+        blob.extend_from_slice(&plane1);
+        let mut out = vec![0u8; raw.len()];
+        decode_into(&blob, &mut out).unwrap();
+        assert_eq!(out, raw);
+        // An unknown mode is refused.
+        blob[FIXED_HEADER + ENTRY] = 3;
+        assert!(decode_into(&blob, &mut out).is_err());
     }
 
     proptest! {

@@ -1,6 +1,7 @@
 //! Codecs: how a blob's stored bytes map to its raw bytes. Pure functions, no I/O.
 
 pub mod delta;
+pub mod entropy;
 pub mod grouped;
 pub mod quantized;
 
@@ -12,7 +13,7 @@ use crate::dtype::DType;
 pub enum Codec {
     /// Stored as is; can be memory-mapped and used without a copy.
     Raw,
-    /// Byte-grouped chunked zstd ([`grouped`]).
+    /// Byte-grouped chunked planes, each raw, zstd or entropy coded ([`grouped`]).
     Grouped,
     /// Lossless delta against a base object ([`delta`]).
     Delta,
