@@ -372,7 +372,7 @@ fn compression_of(root: &Path) -> Result<Compression> {
     }
     let div = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     Ok(Compression {
-        raw_tensor_bytes: stats.raw_bytes,
+        raw_tensor_bytes: stats.tensor_bytes,
         pack_bytes: stats.pack_bytes,
         catalog_bytes: stats.catalog_bytes,
         ratio: div(stats.raw_bytes, stats.pack_bytes),

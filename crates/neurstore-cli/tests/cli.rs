@@ -177,9 +177,13 @@ fn commands_round_trip_and_report_json() {
     cli.ok(&["gc"]);
     let stats = cli.json(&["stats"]);
     assert_eq!(u64_field(&stats, "models"), 0);
-    assert_eq!(u64_field(&stats, "pack_bytes"), 0);
+    // What stays is the removals' tombstones, until their names are reused.
+    assert!(u64_field(&stats, "pack_bytes") < 1024, "{stats}");
     assert_eq!(u64_field(&stats, "reclaimable_bytes"), 0);
-    assert_eq!(pack_bytes_on_disk(&cli.store), 0);
+    assert_eq!(
+        pack_bytes_on_disk(&cli.store),
+        u64_field(&stats, "pack_bytes")
+    );
     assert!(cli.ok(&["ls"]).contains("no models"));
 }
 

@@ -199,14 +199,16 @@ impl Engine {
         let backend = options
             .backend
             .unwrap_or_else(|| Arc::new(FsBackend::new(root.join(PACK_DIR))));
-        let lost = |detail: String| {
+        // Beside pack files, a catalog that is missing or unusable is "lost" (`recover`);
+        // without any, a missing one means no store, and an unusable one is reported as is.
+        let lost = |detail: String, error: Option<StorageError>| {
             if has_pack_files(&*backend) {
                 StorageError::CatalogLost {
                     dir: root.to_path_buf(),
                     detail,
                 }
             } else {
-                StorageError::NoStore(root.to_path_buf())
+                error.unwrap_or_else(|| StorageError::NoStore(root.to_path_buf()))
             }
         };
         match std::fs::metadata(&catalog_path) {
@@ -215,8 +217,8 @@ impl Engine {
                 return Err(StorageError::io(catalog_path.display().to_string(), e));
             }
             Ok(m) if m.is_file() && m.len() > 0 => {}
-            Ok(m) if m.is_file() => return Err(lost("empty".into())),
-            _ => return Err(lost("missing".into())),
+            Ok(m) if m.is_file() => return Err(lost("empty".into(), None)),
+            _ => return Err(lost("missing".into(), None)),
         }
         // Lock before touching anything, so recovery never races another writer.
         let lock = options
@@ -229,14 +231,20 @@ impl Engine {
             Catalog::open(&catalog_path, false)
         };
         let mut catalog = opened.map_err(|e| match e {
-            StorageError::Corrupt { .. } => lost(format!("not a catalog ({e})")),
-            StorageError::Catalog(rusqlite::Error::SqliteFailure(f, _))
+            StorageError::Corrupt { .. } => lost(format!("not a catalog ({e})"), Some(e)),
+            StorageError::Catalog(rusqlite::Error::SqliteFailure(f, m))
                 if matches!(
                     f.code,
                     rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
                 ) =>
             {
-                lost(format!("unreadable ({f})"))
+                lost(
+                    format!("unreadable ({f})"),
+                    Some(
+                        StorageError::Catalog(rusqlite::Error::SqliteFailure(f, m))
+                            .in_store(root, "open"),
+                    ),
+                )
             }
             other => other.in_store(root, "open"),
         })?;
