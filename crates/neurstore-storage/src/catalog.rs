@@ -66,21 +66,43 @@ pub struct ObjectRow {
 impl ObjectRow {
     /// What the object's pack record must say about it (format 2).
     pub fn meta(&self) -> crate::record::ObjectMeta {
-        crate::record::ObjectMeta {
-            key: self.key,
-            decoded_key: self.decoded_key,
-            base_key: self.base_key,
-            dtype: match self.kind {
-                ObjectKind::Tensor { dtype } => Some(dtype),
-                ObjectKind::File => None,
-            },
-            shape: self.shape.clone(),
-            raw_len: self.raw_len,
-            codec: self.codec,
-            chain_depth: self.chain_depth,
-            tolerance: self.tolerance,
-            max_error: self.max_error,
-        }
+        object_meta(
+            (self.key, self.decoded_key, self.base_key),
+            self.kind,
+            &self.shape,
+            self.raw_len,
+            self.codec,
+            self.chain_depth,
+            (self.tolerance, self.max_error),
+        )
+    }
+}
+
+/// An object's record meta from its fields: (key, decoded key, base key), kind, shape, raw
+/// length, codec, chain depth, (tolerance, max error).
+fn object_meta(
+    keys: (Digest, Digest, Option<Digest>),
+    kind: ObjectKind,
+    shape: &[u64],
+    raw_len: u64,
+    codec: Codec,
+    chain_depth: u32,
+    bound: (Option<f64>, f64),
+) -> crate::record::ObjectMeta {
+    crate::record::ObjectMeta {
+        key: keys.0,
+        decoded_key: keys.1,
+        base_key: keys.2,
+        dtype: match kind {
+            ObjectKind::Tensor { dtype } => Some(dtype),
+            ObjectKind::File => None,
+        },
+        shape: shape.to_vec(),
+        raw_len,
+        codec,
+        chain_depth,
+        tolerance: bound.0,
+        max_error: bound.1,
     }
 }
 
@@ -121,21 +143,15 @@ pub struct NewObject {
 impl NewObject {
     /// What the object's pack record says about it (format 2).
     pub fn meta(&self) -> crate::record::ObjectMeta {
-        crate::record::ObjectMeta {
-            key: self.key,
-            decoded_key: self.decoded_key,
-            base_key: self.base_key,
-            dtype: match self.kind {
-                ObjectKind::Tensor { dtype } => Some(dtype),
-                ObjectKind::File => None,
-            },
-            shape: self.shape.clone(),
-            raw_len: self.raw_len,
-            codec: self.codec,
-            chain_depth: self.chain_depth,
-            tolerance: self.tolerance,
-            max_error: self.max_error,
-        }
+        object_meta(
+            (self.key, self.decoded_key, self.base_key),
+            self.kind,
+            &self.shape,
+            self.raw_len,
+            self.codec,
+            self.chain_depth,
+            (self.tolerance, self.max_error),
+        )
     }
 }
 

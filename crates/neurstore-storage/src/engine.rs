@@ -155,6 +155,19 @@ fn parse_store_id(v: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
+/// The header and meta an object's format-2 record must have, as its row implies.
+pub(crate) fn expected_record(object: &ObjectRow) -> (RecordHeader, Vec<u8>) {
+    let meta = object.meta().encode();
+    let is_tensor = matches!(object.kind, crate::catalog::ObjectKind::Tensor { .. });
+    let header = RecordHeader {
+        kind: RecordType::Object,
+        align_log2: object_alignment(object.codec, is_tensor, object.location.len),
+        meta_len: meta.len() as u16,
+        payload_len: object.location.len,
+    };
+    (header, meta)
+}
+
 /// True when the backend's namespace holds at least one pack file.
 fn has_pack_files(backend: &dyn Backend) -> bool {
     backend
@@ -327,14 +340,7 @@ impl Engine {
                 .reader
                 .read_verified(object.location, &object.checksum, what);
         }
-        let meta = object.meta().encode();
-        let is_tensor = matches!(object.kind, crate::catalog::ObjectKind::Tensor { .. });
-        let header = RecordHeader {
-            kind: RecordType::Object,
-            align_log2: object_alignment(object.codec, is_tensor, object.location.len),
-            meta_len: meta.len() as u16,
-            payload_len: object.location.len,
-        };
+        let (header, meta) = expected_record(object);
         let at = object.location.offset;
         let place = || format!("pack {} at offset {at}", object.location.pack_id);
         let end = header.end(at).ok_or_else(|| {
@@ -408,14 +414,7 @@ impl Engine {
         if self.format_version() == 1 {
             return Ok(());
         }
-        let meta = object.meta().encode();
-        let is_tensor = matches!(object.kind, crate::catalog::ObjectKind::Tensor { .. });
-        let header = RecordHeader {
-            kind: RecordType::Object,
-            align_log2: object_alignment(object.codec, is_tensor, object.location.len),
-            meta_len: meta.len() as u16,
-            payload_len: object.location.len,
-        };
+        let (header, meta) = expected_record(object);
         let at = object.location.offset;
         let missing = |detail: String| {
             StorageError::corrupt(

@@ -4,13 +4,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::catalog::{ModelRow, ObjectKind, ObjectRow, Queries};
+use crate::catalog::{ModelRow, ObjectRow, Queries};
 use crate::engine::{Engine, GcReport, hex, new_store_id};
 use crate::error::{Result, StorageError};
 use crate::pack::BlobLocation;
-use crate::record::{
-    ModelRecord, PACK_HEADER_LEN, RecordHeader, TRAILER_LEN, object_alignment, record_checksum,
-};
+use crate::record::{ModelRecord, PACK_HEADER_LEN, RecordHeader, TRAILER_LEN, record_checksum};
 
 /// A record the catalog still names.
 enum Live<'a> {
@@ -21,17 +19,7 @@ enum Live<'a> {
 
 /// Where an object's record starts and how long it is (padding included).
 pub(crate) fn object_extent(o: &ObjectRow) -> Option<(u64, u64)> {
-    let meta_len = o.meta().encode().len() as u16;
-    let header = RecordHeader {
-        kind: crate::record::RecordType::Object,
-        align_log2: object_alignment(
-            o.codec,
-            matches!(o.kind, ObjectKind::Tensor { .. }),
-            o.location.len,
-        ),
-        meta_len,
-        payload_len: o.location.len,
-    };
+    let (header, _) = crate::engine::expected_record(o);
     let end = header.end(o.location.offset)?;
     Some((o.location.offset, end - o.location.offset))
 }
