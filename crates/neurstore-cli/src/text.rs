@@ -49,7 +49,7 @@ pub fn when(unix: i64) -> String {
 pub fn local_time(unix: i64) -> String {
     let offset = local_offset(unix);
     let t = unix.saturating_add(offset);
-    let (y, m, d) = civil_from_days(t.div_euclid(86_400));
+    let (y, m, d) = neurstore::civil_from_days(t.div_euclid(86_400));
     let secs = t.rem_euclid(86_400);
     format!(
         "{y:04}-{m:02}-{d:02} {:02}:{:02}",
@@ -96,19 +96,6 @@ pub fn relative(seconds_ago: i64) -> String {
     } else {
         format!("{count} {unit}{plural} ago")
     }
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 #[cfg(test)]

@@ -50,7 +50,9 @@ pub use decode::BaseCacheStats;
 pub use decode::TensorData;
 pub use error::{Error, ErrorKind, Result};
 pub use export::{GetReport, LoadedTensor};
-pub use inspect::{FileInfo, KindStats, ModelInfo, ModelSummary, Stats, TensorInfo, VerifyReport};
+pub use inspect::{
+    FileInfo, KindStats, ModelInfo, ModelSummary, Stats, TensorInfo, VerifyReport, civil_from_days,
+};
 pub use neurstore_core::dtype::DType;
 pub use neurstore_core::kernel::{BaseMatrix, QuantMatrix};
 pub use neurstore_storage::lock::LockWait;
