@@ -68,6 +68,24 @@ struct Speed {
     wall_mb_s: f64,
 }
 
+/// Medians over `repeat` runs of `f` of the MB/s over `raw_bytes`, by the CPU time `clock`
+/// measures and by the wall clock.
+fn timed(repeat: u32, raw_bytes: u64, clock: fn() -> f64, f: &mut dyn FnMut()) -> Speed {
+    let (mut cpu, mut wall): (Vec<f64>, Vec<f64>) = (0..repeat)
+        .map(|_| {
+            let (c, w) = (clock(), Instant::now());
+            f();
+            (clock() - c, w.elapsed().as_secs_f64())
+        })
+        .unzip();
+    cpu.sort_by(f64::total_cmp);
+    wall.sort_by(f64::total_cmp);
+    Speed {
+        cpu_mb_s: raw_bytes as f64 / cpu[cpu.len() / 2] / 1e6,
+        wall_mb_s: raw_bytes as f64 / wall[wall.len() / 2] / 1e6,
+    }
+}
+
 /// CPU time of the calling thread, in seconds.
 fn thread_cpu_s() -> f64 {
     cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID)
@@ -186,21 +204,7 @@ fn measure_whole(model: String, tensors: &[(&[u8], DType)], repeat: u32) -> Whol
         .map(|((r, _), e)| e.bytes.as_ref().map_or(r.len(), Vec::len) as u64)
         .sum();
     let mut out: Vec<Vec<u8>> = tensors.iter().map(|(r, _)| vec![0u8; r.len()]).collect();
-    let time = |f: &mut dyn FnMut()| -> Speed {
-        let (mut cpu, mut wall): (Vec<f64>, Vec<f64>) = (0..repeat)
-            .map(|_| {
-                let (c, w) = (process_cpu_s(), Instant::now());
-                f();
-                (process_cpu_s() - c, w.elapsed().as_secs_f64())
-            })
-            .unzip();
-        cpu.sort_by(f64::total_cmp);
-        wall.sort_by(f64::total_cmp);
-        Speed {
-            cpu_mb_s: raw_bytes as f64 / cpu[cpu.len() / 2] / 1e6,
-            wall_mb_s: raw_bytes as f64 / wall[wall.len() / 2] / 1e6,
-        }
-    };
+    let time = |f: &mut dyn FnMut()| timed(repeat, raw_bytes, process_cpu_s, f);
     let encode = time(&mut || {
         for (raw, d) in tensors {
             std::hint::black_box(codec::encode_tensor(*d, raw));
@@ -348,21 +352,7 @@ fn measure(class: String, planes: &[Vec<u8>], repeat: u32) -> Row {
     }
     // Median of the measuring thread's CPU time: other processes on a shared machine lengthen
     // the wall time of a run, not its CPU time. The wall-time median is kept beside it.
-    let time = |f: &mut dyn FnMut()| -> Speed {
-        let (mut cpu, mut wall): (Vec<f64>, Vec<f64>) = (0..repeat)
-            .map(|_| {
-                let (c, w) = (thread_cpu_s(), Instant::now());
-                f();
-                (thread_cpu_s() - c, w.elapsed().as_secs_f64())
-            })
-            .unzip();
-        cpu.sort_by(f64::total_cmp);
-        wall.sort_by(f64::total_cmp);
-        Speed {
-            cpu_mb_s: raw_bytes as f64 / cpu[cpu.len() / 2] / 1e6,
-            wall_mb_s: raw_bytes as f64 / wall[wall.len() / 2] / 1e6,
-        }
-    };
+    let time = |f: &mut dyn FnMut()| timed(repeat, raw_bytes, thread_cpu_s, f);
     let mut sink = Vec::new();
     let zstd_encode = time(&mut || {
         for p in planes {
