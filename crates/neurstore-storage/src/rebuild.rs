@@ -6,7 +6,7 @@
 //! it, and writes a new catalog beside the old one, then swaps it in (the damaged catalog is
 //! kept beside it, renamed). Packs are only read.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -227,30 +227,25 @@ fn needed(
     Ok(out)
 }
 
-fn write_catalog(root: &Path, scan: Scan) -> Result<RebuildReport> {
-    let Scan {
-        store_id,
-        objects,
-        models,
-        tombstones,
-        pack_ends,
-        mut report,
-    } = scan;
-    let removed: HashMap<&str, u64> = tombstones
-        .iter()
-        .map(|(seq, (name, _))| (name.as_str(), *seq))
-        .fold(HashMap::new(), |mut m, (n, s)| {
-            let e = m.entry(n).or_insert(s);
-            *e = (*e).max(s);
-            m
-        });
-    let by_decoded: HashMap<Digest, Digest> = objects
-        .values()
-        .map(|o| (o.meta.decoded_key, o.meta.key))
-        .collect();
-    let mut live: Vec<(&ModelRecord, BlobLocation)> = Vec::new();
-    let mut keep: BTreeMap<(u32, Digest), ()> = BTreeMap::new();
-    let mut sorted: Vec<_> = models.values().collect();
+/// A model to rebuild: its record and where it lies.
+type LiveModel<'s> = (&'s ModelRecord, BlobLocation);
+
+/// The models to rebuild (each name's latest record, unless a later tombstone removed it),
+/// with the objects they need in insertion order (bases first); models whose objects are not
+/// all there are reported.
+fn choose_live<'s>(
+    scan: &'s Scan,
+    report: &mut RebuildReport,
+) -> (Vec<LiveModel<'s>>, BTreeSet<(u32, Digest)>) {
+    let mut removed: HashMap<&str, u64> = HashMap::new();
+    for (seq, (name, _)) in &scan.tombstones {
+        let e = removed.entry(name.as_str()).or_insert(*seq);
+        *e = (*e).max(*seq);
+    }
+    let by_decoded = decoded_index(&scan.objects);
+    let mut live = Vec::new();
+    let mut keep = BTreeSet::new();
+    let mut sorted: Vec<_> = scan.models.values().collect();
     sorted.sort_by_key(|(r, _)| r.seq);
     for (record, at) in sorted {
         if removed
@@ -259,18 +254,43 @@ fn write_catalog(root: &Path, scan: Scan) -> Result<RebuildReport> {
         {
             continue;
         }
-        match needed(record, &objects, &by_decoded) {
+        match needed(record, &scan.objects, &by_decoded) {
             Ok(keys) => {
-                for k in keys {
-                    keep.insert((objects[&k].meta.chain_depth, k), ());
-                }
+                keep.extend(
+                    keys.into_iter()
+                        .map(|k| (scan.objects[&k].meta.chain_depth, k)),
+                );
                 live.push((record, *at));
             }
             Err(why) => report.lost_models.push((record.name.clone(), why)),
         }
     }
-    let max_seq = live
-        .iter()
+    (live, keep)
+}
+
+/// Objects by decoded key (what a delta's record names as its base).
+fn decoded_index(objects: &HashMap<Digest, FoundObject>) -> HashMap<Digest, Digest> {
+    objects
+        .values()
+        .map(|o| (o.meta.decoded_key, o.meta.key))
+        .collect()
+}
+
+fn write_catalog(root: &Path, scan: Scan) -> Result<RebuildReport> {
+    let mut report = scan.report.clone();
+    let (live, keep) = choose_live(&scan, &mut report);
+    let by_decoded = decoded_index(&scan.objects);
+    let Scan {
+        store_id,
+        objects,
+        models,
+        tombstones,
+        pack_ends,
+        ..
+    } = &scan;
+    // Past every sequence found, live or not, so no later record can tie with an old one.
+    let max_seq = models
+        .values()
         .map(|(r, _)| r.seq)
         .chain(tombstones.keys().copied())
         .max()
@@ -294,11 +314,11 @@ fn write_catalog(root: &Path, scan: Scan) -> Result<RebuildReport> {
         ] {
             tx.set_meta(k, &v)?;
         }
-        for (id, end) in &pack_ends {
+        for (id, end) in pack_ends {
             tx.set_pack_len(*id, *end)?;
         }
         let mut ids: HashMap<Digest, i64> = HashMap::new();
-        for (_, key) in keep.keys() {
+        for (_, key) in &keep {
             let o = &objects[key];
             let m = &o.meta;
             let new = NewObject {
@@ -344,7 +364,7 @@ fn write_catalog(root: &Path, scan: Scan) -> Result<RebuildReport> {
             tx.seal_model(model_id)?;
             tx.set_model_record(model_id, record.seq, *at)?;
         }
-        for (seq, (name, at)) in &tombstones {
+        for (seq, (name, at)) in tombstones {
             tx.insert_tombstone(*seq, name, *at)?;
         }
         report.models = live.len() as u64;
