@@ -1,4 +1,6 @@
-//! The SQLite catalog: models, their files and tensors, objects and where their blobs live.
+//! The catalog: models, their files and tensors, objects and where their blobs live. Its
+//! queries are written once, in the SQL both of its databases speak (`sql`): SQLite for the
+//! embedded store, PostgreSQL for a store in a database.
 //!
 //! Every row read back is validated into trusted types; a row that breaks a rule is reported as
 //! `Corrupt` naming the object or model.
@@ -9,11 +11,13 @@ use std::time::Duration;
 use neurstore_core::codec::Codec;
 use neurstore_core::dtype::{DType, element_count};
 use neurstore_core::key::Digest;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params};
+use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{Result, StorageError};
 use crate::pack::BlobLocation;
 use crate::schema;
+use crate::sql::{CatalogDb, Row, Sql, SqlTxn, params};
+use crate::sqlite::SqliteDb;
 
 /// What an object holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,11 +237,11 @@ pub type SketchRow = (i64, DType, u64, neurstore_core::sketch::Packed);
 
 /// The catalog database.
 pub struct Catalog {
-    conn: Connection,
+    db: Box<dyn CatalogDb>,
 }
 
 const OBJECT_COLUMNS: &str = "o.object_id, o.content_key, o.kind, o.dtype, o.shape, o.raw_len, o.codec, \
-     o.pack_id, o.offset, o.stored_len, o.checksum, o.refcount, o.base_id, o.chain_depth, o.tolerance, \
+     o.pack_id, o.\"offset\", o.stored_len, o.checksum, o.refcount, o.base_id, o.chain_depth, o.tolerance, \
      o.max_error, o.decoded_key, \
      (SELECT b.decoded_key FROM objects b WHERE b.object_id = o.base_id)";
 const MODEL_COLUMNS: &str =
@@ -256,14 +260,19 @@ impl Catalog {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
         schema::migrate(&mut conn, create)?;
-        Ok(Catalog { conn })
+        Ok(Catalog {
+            db: Box::new(SqliteDb(conn)),
+        })
+    }
+
+    /// A catalog over another database (PostgreSQL).
+    pub fn from_db(db: Box<dyn CatalogDb>) -> Self {
+        Catalog { db }
     }
 
     /// Writes the write-ahead log back into the database file and empties it.
     pub fn checkpoint(&mut self) -> Result<()> {
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-        Ok(())
+        self.db.checkpoint()
     }
 
     /// Opens the catalog at `path` for reading only, for a user who may not be able to write
@@ -329,23 +338,23 @@ impl Catalog {
         // The first read opens the write-ahead log: errors of a read-only open surface here.
         let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         schema::check_readable(found, path)?;
-        Ok(Catalog { conn })
+        Ok(Catalog {
+            db: Box::new(SqliteDb(conn)),
+        })
     }
 
-    /// Starts a write transaction (taking SQLite's write lock at once).
+    /// Starts a write transaction (taking the database's write lock at once).
     pub fn write(&mut self) -> Result<WriteTxn<'_>> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        Ok(WriteTxn { tx })
+        Ok(WriteTxn {
+            tx: self.db.write()?,
+        })
     }
 
     /// Starts a read transaction: every query through it sees one consistent snapshot.
     pub fn read(&mut self) -> Result<ReadTxn<'_>> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?;
-        Ok(ReadTxn { tx })
+        Ok(ReadTxn {
+            tx: self.db.read()?,
+        })
     }
 
     /// Size of the catalog files (database and write-ahead log) in bytes.
@@ -386,30 +395,30 @@ fn uri_path(path: &Path) -> String {
 
 /// Queries shared by read and write transactions.
 pub trait Queries {
-    /// The underlying connection.
-    fn conn(&self) -> &Connection;
+    /// The transaction's connection.
+    fn sql(&self) -> &dyn Sql;
 
     /// A model by name.
     fn model(&self, name: &str) -> Result<Option<ModelRow>> {
-        self.conn()
-            .query_row(
+        self.sql()
+            .query_opt(
                 &format!("SELECT {MODEL_COLUMNS} FROM models WHERE name = ?1"),
-                [name],
-                model_row,
-            )
-            .optional()
-            .map_err(Into::into)
+                params![name],
+            )?
+            .map(|r| model_row(&r))
+            .transpose()
     }
 
     /// All models, by name.
     fn models(&self) -> Result<Vec<ModelRow>> {
-        let mut stmt = self
-            .conn()
-            .prepare(&format!("SELECT {MODEL_COLUMNS} FROM models ORDER BY name"))?;
-        let rows = stmt
-            .query_map([], model_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+        self.sql()
+            .query(
+                &format!("SELECT {MODEL_COLUMNS} FROM models ORDER BY name"),
+                &[],
+            )?
+            .iter()
+            .map(model_row)
+            .collect()
     }
 
     /// A model's files, by path.
@@ -418,12 +427,10 @@ pub trait Queries {
             "SELECT f.path, f.kind, {OBJECT_COLUMNS} FROM model_files f JOIN objects o USING (object_id) \
              WHERE f.model_id = ?1 ORDER BY f.path"
         );
-        let mut stmt = self.conn().prepare(&sql)?;
-        let mut rows = stmt.query([model_id])?;
         let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
+        for r in self.sql().query(&sql, params![model_id])? {
             let path: String = r.get(0)?;
-            let kind = match r.get::<_, i64>(1)? {
+            let kind = match r.get::<i64>(1)? {
                 0 => FileKind::Safetensors,
                 1 => FileKind::Plain,
                 k => {
@@ -433,7 +440,7 @@ pub trait Queries {
                     ));
                 }
             };
-            let object = object_row(r, 2)?;
+            let object = object_row(&r, 2)?;
             out.push(FileRow { path, kind, object });
         }
         Ok(out)
@@ -445,11 +452,9 @@ pub trait Queries {
             "SELECT t.path, t.position, t.name, {OBJECT_COLUMNS} FROM model_tensors t JOIN objects o USING (object_id) \
              WHERE t.model_id = ?1 ORDER BY t.path, t.position"
         );
-        let mut stmt = self.conn().prepare(&sql)?;
-        let mut rows = stmt.query([model_id])?;
         let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            let object = object_row(r, 3)?;
+        for r in self.sql().query(&sql, params![model_id])? {
+            let object = object_row(&r, 3)?;
             out.push(TensorRow {
                 path: r.get(0)?,
                 position: r.get(1)?,
@@ -468,11 +473,13 @@ pub trait Queries {
         files: &[FileRow],
         tensors: &[TensorRow],
     ) -> Result<()> {
-        let recorded: Option<Vec<u8>> = self.conn().query_row(
-            "SELECT manifest FROM models WHERE model_id = ?1",
-            [model.id],
-            |r| r.get(0),
-        )?;
+        let recorded: Option<Vec<u8>> = self
+            .sql()
+            .query_one(
+                "SELECT manifest FROM models WHERE model_id = ?1",
+                params![model.id],
+            )?
+            .get(0)?;
         match recorded {
             None => Ok(()),
             Some(d) if d[..] == manifest(model, files, tensors)[..] => Ok(()),
@@ -486,63 +493,54 @@ pub trait Queries {
     /// The object with this content key, if stored.
     fn object_by_key(&self, key: &Digest) -> Result<Option<ObjectRow>> {
         let sql = format!("SELECT {OBJECT_COLUMNS} FROM objects o WHERE o.content_key = ?1");
-        let mut stmt = self.conn().prepare_cached(&sql)?;
-        let mut rows = stmt.query([&key[..]])?;
-        match rows.next()? {
-            Some(r) => Ok(Some(object_row(r, 0)?)),
-            None => Ok(None),
-        }
+        self.sql()
+            .query_opt(&sql, params![&key[..]])?
+            .map(|r| object_row(&r, 0))
+            .transpose()
     }
 
     /// Every object, by id.
     fn objects(&self) -> Result<Vec<ObjectRow>> {
         let sql = format!("SELECT {OBJECT_COLUMNS} FROM objects o ORDER BY o.object_id");
-        let mut stmt = self.conn().prepare(&sql)?;
-        let mut rows = stmt.query([])?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            out.push(object_row(r, 0)?);
-        }
-        Ok(out)
+        self.sql()
+            .query(&sql, &[])?
+            .iter()
+            .map(|r| object_row(r, 0))
+            .collect()
     }
 
     /// An object by id.
     fn object(&self, id: i64) -> Result<Option<ObjectRow>> {
         let sql = format!("SELECT {OBJECT_COLUMNS} FROM objects o WHERE o.object_id = ?1");
-        let mut stmt = self.conn().prepare_cached(&sql)?;
-        let mut rows = stmt.query([id])?;
-        match rows.next()? {
-            Some(r) => Ok(Some(object_row(r, 0)?)),
-            None => Ok(None),
-        }
+        self.sql()
+            .query_opt(&sql, params![id])?
+            .map(|r| object_row(&r, 0))
+            .transpose()
     }
 
     /// Number of sketches.
     fn sketch_count(&self) -> Result<u64> {
-        Ok(self
-            .conn()
-            .query_row("SELECT count(*) FROM sketches", [], |r| r.get::<_, i64>(0))?
-            as u64)
+        count(self.sql(), "SELECT count(*) FROM sketches")
     }
 
     /// Sketches of objects with ids above `after`, by object id: (id, dtype, elements, sketch).
     fn sketches_after(&self, after: i64) -> Result<Vec<SketchRow>> {
-        let mut stmt = self.conn().prepare(
+        let rows = self.sql().query(
             "SELECT object_id, dtype, elements, sketch FROM sketches WHERE object_id > ?1 ORDER BY object_id",
+            params![after],
         )?;
-        let mut rows = stmt.query([after])?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
             let id: i64 = r.get(0)?;
             let bad =
                 |d: &str| StorageError::corrupt(format!("sketch of object {id}"), d.to_string());
             let dtype: DType = r
-                .get::<_, String>(1)?
+                .get::<String>(1)?
                 .parse()
                 .map_err(|_| bad("unknown dtype"))?;
             let elements =
-                u64::try_from(r.get::<_, i64>(2)?).map_err(|_| bad("negative element count"))?;
-            let sketch = neurstore_core::sketch::Packed::from_bytes(&r.get::<_, Vec<u8>>(3)?)
+                u64::try_from(r.get::<i64>(2)?).map_err(|_| bad("negative element count"))?;
+            let sketch = neurstore_core::sketch::Packed::from_bytes(&r.get::<Vec<u8>>(3)?)
                 .ok_or_else(|| bad("malformed"))?;
             out.push((id, dtype, elements, sketch));
         }
@@ -551,15 +549,7 @@ pub trait Queries {
 
     /// Counter bumped by every change to the set of sketches (the index file records it).
     fn index_generation(&self) -> Result<u64> {
-        let v: Option<String> = self
-            .conn()
-            .query_row(
-                "SELECT value FROM store_meta WHERE key = 'index_generation'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        v.map_or(Ok(0), |v| {
+        self.meta_value("index_generation")?.map_or(Ok(0), |v| {
             v.parse()
                 .map_err(|_| StorageError::corrupt("store_meta", "index_generation"))
         })
@@ -567,58 +557,52 @@ pub trait Queries {
 
     /// One (model, tensor name) that uses an object, for display.
     fn first_user(&self, object_id: i64) -> Result<Option<(String, String)>> {
-        self.conn()
-            .query_row(
+        self.sql()
+            .query_opt(
                 "SELECT m.name, t.name FROM model_tensors t JOIN models m USING (model_id) \
                  WHERE t.object_id = ?1 ORDER BY m.model_id, t.path, t.position LIMIT 1",
-                [object_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(Into::into)
+                params![object_id],
+            )?
+            .map(|r| Ok((r.get(0)?, r.get(1)?)))
+            .transpose()
     }
 
     /// Every pack: (id, committed length).
     fn packs(&self) -> Result<Vec<(u64, u64)>> {
-        let mut stmt = self.conn().prepare(
+        let rows = self.sql().query(
             "SELECT pack_id, committed_len FROM packs WHERE doomed = 0 ORDER BY pack_id",
+            &[],
         )?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        rows.into_iter()
-            .map(|(id, len)| match (u64::try_from(id), u64::try_from(len)) {
-                (Ok(id), Ok(len)) => Ok((id, len)),
-                _ => Err(StorageError::corrupt(
-                    "packs table",
-                    format!("pack {id} length {len}"),
-                )),
+        rows.iter()
+            .map(|r| {
+                let (id, len): (i64, i64) = (r.get(0)?, r.get(1)?);
+                match (u64::try_from(id), u64::try_from(len)) {
+                    (Ok(id), Ok(len)) => Ok((id, len)),
+                    _ => Err(StorageError::corrupt(
+                        "packs table",
+                        format!("pack {id} length {len}"),
+                    )),
+                }
             })
             .collect()
     }
 
     /// Counts: (models, tensor references, distinct tensor objects).
     fn counts(&self) -> Result<(u64, u64, u64)> {
-        let c = self.conn();
-        let n = |sql: &str| {
-            c.query_row(sql, [], |r| r.get::<_, i64>(0))
-                .map(|v| v as u64)
-        };
+        let c = self.sql();
         Ok((
-            n("SELECT count(*) FROM models")?,
-            n("SELECT count(*) FROM model_tensors")?,
-            n("SELECT count(*) FROM objects WHERE kind = 0")?,
+            count(c, "SELECT count(*) FROM models")?,
+            count(c, "SELECT count(*) FROM model_tensors")?,
+            count(c, "SELECT count(*) FROM objects WHERE kind = 0")?,
         ))
     }
 
     /// A `store_meta` value.
     fn meta_value(&self, key: &str) -> Result<Option<String>> {
-        self.conn()
-            .query_row("SELECT value FROM store_meta WHERE key = ?1", [key], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(Into::into)
+        self.sql()
+            .query_opt("SELECT value FROM store_meta WHERE key = ?1", params![key])?
+            .map(|r| r.get(0))
+            .transpose()
     }
 
     /// The store's format version: 1 (blobs only in packs) or 2 (self-describing records).
@@ -643,123 +627,102 @@ pub trait Queries {
 
     /// Every model's manifest record: (model id, name, record location), format 2.
     fn model_records(&self) -> Result<Vec<(i64, String, Option<BlobLocation>)>> {
-        let mut stmt = self.conn().prepare(
+        let rows = self.sql().query(
             "SELECT model_id, name, record_pack, record_offset, record_len FROM models ORDER BY model_id",
+            &[],
         )?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<i64>>(2)?,
-                    r.get::<_, Option<i64>>(3)?,
-                    r.get::<_, Option<i64>>(4)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        rows.into_iter()
-            .map(|(id, name, p, o, l)| {
-                let loc = match (p, o, l) {
-                    (Some(p), Some(o), Some(l)) => Some(location(p, o, l, &name)?),
-                    (None, None, None) => None,
-                    _ => {
-                        return Err(StorageError::corrupt(
-                            format!("model {name:?}"),
-                            "partial record location",
-                        ));
-                    }
-                };
-                Ok((id, name, loc))
+        rows.iter()
+            .map(|r| {
+                let name: String = r.get(1)?;
+                let loc = optional_location(r, 2, &name)?;
+                Ok((r.get(0)?, name, loc))
             })
             .collect()
     }
 
     /// Where a model's manifest record lies (format 2), as the catalog says.
     fn model_record_location(&self, model_id: i64) -> Result<Option<BlobLocation>> {
-        let (p, o, l): (Option<i64>, Option<i64>, Option<i64>) = self.conn().query_row(
+        let r = self.sql().query_one(
             "SELECT record_pack, record_offset, record_len FROM models WHERE model_id = ?1",
-            [model_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            params![model_id],
         )?;
-        match (p, o, l) {
-            (Some(p), Some(o), Some(l)) => {
-                Ok(Some(location(p, o, l, &format!("model {model_id}"))?))
-            }
-            _ => Ok(None),
-        }
+        optional_location(&r, 0, &format!("model {model_id}"))
     }
 
     /// Every tombstone record: (seq, model name, location).
     fn tombstones(&self) -> Result<Vec<(u64, String, BlobLocation)>> {
-        let mut stmt = self.conn().prepare(
-            "SELECT seq, name, pack_id, offset, record_len FROM tombstones ORDER BY seq",
+        let rows = self.sql().query(
+            "SELECT seq, name, pack_id, \"offset\", record_len FROM tombstones ORDER BY seq",
+            &[],
         )?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        rows.into_iter()
-            .map(|(seq, name, p, o, l)| Ok((seq as u64, name.clone(), location(p, o, l, &name)?)))
+        rows.iter()
+            .map(|r| {
+                let (seq, name): (i64, String) = (r.get(0)?, r.get(1)?);
+                let at = location(r.get(2)?, r.get(3)?, r.get(4)?, &name)?;
+                Ok((seq as u64, name, at))
+            })
             .collect()
     }
 
     /// Packs a committed gc stopped naming, whose files may still exist.
     fn doomed_packs(&self) -> Result<Vec<u64>> {
-        let mut stmt = self
-            .conn()
-            .prepare("SELECT pack_id FROM packs WHERE doomed = 1 ORDER BY pack_id")?;
-        let rows = stmt
-            .query_map([], |r| r.get::<_, i64>(0))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows.into_iter().map(|id| id as u64).collect())
+        self.sql()
+            .query(
+                "SELECT pack_id FROM packs WHERE doomed = 1 ORDER BY pack_id",
+                &[],
+            )?
+            .iter()
+            .map(|r| Ok(r.get::<i64>(0)? as u64))
+            .collect()
     }
 
     /// Number of models other than `model_id` that reference `object_id`.
     fn other_models_using(&self, object_id: i64, model_id: i64) -> Result<u64> {
-        let n: i64 = self.conn().query_row(
-            "SELECT count(DISTINCT model_id) FROM ( \
-               SELECT model_id FROM model_tensors WHERE object_id = ?1 \
-               UNION ALL SELECT model_id FROM model_files WHERE object_id = ?1) WHERE model_id != ?2",
-            params![object_id, model_id],
-            |r| r.get(0),
-        )?;
+        let n: i64 = self
+            .sql()
+            .query_one(
+                "SELECT count(DISTINCT model_id) FROM ( \
+                   SELECT model_id FROM model_tensors WHERE object_id = ?1 \
+                   UNION ALL SELECT model_id FROM model_files WHERE object_id = ?1) AS users \
+                 WHERE model_id != ?2",
+                params![object_id, model_id],
+            )?
+            .get(0)?;
         Ok(n as u64)
     }
 }
 
+/// The one count a `SELECT count(*)` returns.
+fn count(sql: &dyn Sql, query: &str) -> Result<u64> {
+    Ok(sql.query_one(query, &[])?.get::<i64>(0)? as u64)
+}
+
 /// A read transaction.
 pub struct ReadTxn<'c> {
-    tx: Transaction<'c>,
+    tx: Box<dyn SqlTxn + 'c>,
 }
 
 impl Queries for ReadTxn<'_> {
-    fn conn(&self) -> &Connection {
-        &self.tx
+    fn sql(&self) -> &dyn Sql {
+        &*self.tx
     }
 }
 
 /// A write transaction; nothing is visible to readers until [`WriteTxn::commit`].
 pub struct WriteTxn<'c> {
-    tx: Transaction<'c>,
+    tx: Box<dyn SqlTxn + 'c>,
 }
 
 impl Queries for WriteTxn<'_> {
-    fn conn(&self) -> &Connection {
-        &self.tx
+    fn sql(&self) -> &dyn Sql {
+        &*self.tx
     }
 }
 
 impl WriteTxn<'_> {
     /// Publishes everything done in this transaction atomically.
     pub fn commit(self) -> Result<()> {
-        self.tx.commit().map_err(Into::into)
+        self.tx.commit()
     }
 
     /// Sets a pack's committed length, creating its row if needed.
@@ -767,7 +730,7 @@ impl WriteTxn<'_> {
         self.tx.execute(
             "INSERT INTO packs (pack_id, committed_len) VALUES (?1, ?2) \
              ON CONFLICT (pack_id) DO UPDATE SET committed_len = excluded.committed_len",
-            params![pack_id as i64, len as i64],
+            params![pack_id, len],
         )?;
         Ok(())
     }
@@ -775,7 +738,7 @@ impl WriteTxn<'_> {
     /// Removes a pack's row (its file is removed after the commit).
     pub fn delete_pack(&self, pack_id: u64) -> Result<()> {
         self.tx
-            .execute("DELETE FROM packs WHERE pack_id = ?1", [pack_id as i64])?;
+            .execute("DELETE FROM packs WHERE pack_id = ?1", params![pack_id])?;
         Ok(())
     }
 
@@ -784,7 +747,7 @@ impl WriteTxn<'_> {
     pub fn doom_pack(&self, pack_id: u64) -> Result<()> {
         self.tx.execute(
             "UPDATE packs SET doomed = 1 WHERE pack_id = ?1",
-            [pack_id as i64],
+            params![pack_id],
         )?;
         Ok(())
     }
@@ -794,9 +757,43 @@ impl WriteTxn<'_> {
         self.tx.execute(
             "INSERT INTO store_meta (key, value) VALUES (?1, ?2) \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [key, value],
+            params![key, value],
         )?;
         Ok(())
+    }
+
+    /// Writes a new store's `store_meta`: a format-2 store with id `store_id` (hex).
+    pub fn init_store_meta(&self, store_id: &str) -> Result<()> {
+        for (key, value) in [
+            ("format", "neurstore"),
+            ("next_pack_id", "1"),
+            ("format_version", "2"),
+            ("next_seq", "1"),
+            ("store_id", store_id),
+        ] {
+            self.set_meta(key, value)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the next value of the `store_meta` counter `key` (`first` when it has none yet)
+    /// and advances it past the value taken, never below `at_least`.
+    fn take_counter(&self, key: &str, first: Option<u64>, at_least: u64) -> Result<u64> {
+        let value = match (self.meta_value(key)?, first) {
+            (None, Some(first)) => first,
+            (None, None) => return Err(StorageError::corrupt("store_meta", format!("no {key}"))),
+            (Some(v), _) => v
+                .parse()
+                .map_err(|_| StorageError::corrupt("store_meta", format!("{key} {v:?}")))?,
+        };
+        let value = value.max(at_least);
+        self.set_meta(key, &(value + 1).to_string())?;
+        Ok(value)
+    }
+
+    /// Takes a new pack id, never one used before, and at least `at_least`.
+    pub fn take_pack_id(&self, at_least: u64) -> Result<u64> {
+        self.take_counter("next_pack_id", None, at_least)
     }
 
     /// Records where a model's manifest record is, and its commit sequence number.
@@ -804,13 +801,7 @@ impl WriteTxn<'_> {
         self.tx.execute(
             "UPDATE models SET seq = ?2, record_pack = ?3, record_offset = ?4, record_len = ?5 \
              WHERE model_id = ?1",
-            params![
-                model_id,
-                seq as i64,
-                at.pack_id as i64,
-                at.offset as i64,
-                at.len as i64
-            ],
+            params![model_id, seq, at.pack_id, at.offset, at.len],
         )?;
         Ok(())
     }
@@ -818,8 +809,8 @@ impl WriteTxn<'_> {
     /// Records a tombstone record.
     pub fn insert_tombstone(&self, seq: u64, name: &str, at: BlobLocation) -> Result<()> {
         self.tx.execute(
-            "INSERT INTO tombstones (seq, name, pack_id, offset, record_len) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![seq as i64, name, at.pack_id as i64, at.offset as i64, at.len as i64],
+            "INSERT INTO tombstones (seq, name, pack_id, \"offset\", record_len) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![seq, name, at.pack_id, at.offset, at.len],
         )?;
         Ok(())
     }
@@ -827,22 +818,22 @@ impl WriteTxn<'_> {
     /// Drops a tombstone a newer model of the same name supersedes (garbage collection).
     pub fn delete_tombstone(&self, seq: u64) -> Result<()> {
         self.tx
-            .execute("DELETE FROM tombstones WHERE seq = ?1", [seq as i64])?;
+            .execute("DELETE FROM tombstones WHERE seq = ?1", params![seq])?;
         Ok(())
     }
 
     /// Moves a tombstone record (garbage collection).
     pub fn relocate_tombstone(&self, seq: u64, at: BlobLocation) -> Result<()> {
         self.tx.execute(
-            "UPDATE tombstones SET pack_id = ?2, offset = ?3 WHERE seq = ?1",
-            params![seq as i64, at.pack_id as i64, at.offset as i64],
+            "UPDATE tombstones SET pack_id = ?2, \"offset\" = ?3 WHERE seq = ?1",
+            params![seq, at.pack_id, at.offset],
         )?;
         Ok(())
     }
 
     /// Deletes the rows of packs whose files are gone.
     pub fn forget_doomed_packs(&self) -> Result<()> {
-        self.tx.execute("DELETE FROM packs WHERE doomed = 1", [])?;
+        self.tx.execute("DELETE FROM packs WHERE doomed = 1", &[])?;
         Ok(())
     }
 
@@ -851,45 +842,40 @@ impl WriteTxn<'_> {
     /// index is keyed, by object id, so a freed id must never come to name another object.
     pub fn insert_object(&self, o: &NewObject) -> Result<i64> {
         let (kind, dtype) = match o.kind {
-            ObjectKind::Tensor { dtype } => (0, Some(dtype.as_str())),
+            ObjectKind::Tensor { dtype } => (0i64, Some(dtype.as_str())),
             ObjectKind::File => (1, None),
         };
         let shape = matches!(o.kind, ObjectKind::Tensor { .. })
             .then(|| serde_json::to_string(&o.shape).expect("shape serializes"));
-        let id: i64 = self.tx.query_row(
-            "SELECT max(coalesce((SELECT CAST(value AS INTEGER) FROM store_meta \
-             WHERE key = 'next_object_id'), 1), coalesce((SELECT max(object_id) FROM objects), 0) + 1)",
-            [],
-            |r| r.get(0),
-        )?;
+        let largest: Option<i64> = self
+            .tx
+            .query_one("SELECT CAST(max(object_id) AS BIGINT) FROM objects", &[])?
+            .get(0)?;
+        let id =
+            self.take_counter("next_object_id", Some(1), largest.unwrap_or(0) as u64 + 1)? as i64;
         self.tx.execute(
-            "INSERT INTO store_meta (key, value) VALUES ('next_object_id', ?1) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [(id + 1).to_string()],
-        )?;
-        let mut stmt = self.tx.prepare_cached(
-            "INSERT INTO objects (object_id, content_key, kind, dtype, shape, raw_len, codec, pack_id, offset, \
+            "INSERT INTO objects (object_id, content_key, kind, dtype, shape, raw_len, codec, pack_id, \"offset\", \
              stored_len, checksum, refcount, base_id, chain_depth, tolerance, max_error, decoded_key) \
              VALUES (?16, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?12, ?13, ?14, ?15)",
+            params![
+                &o.key[..],
+                kind,
+                dtype,
+                shape,
+                o.raw_len,
+                o.codec.tag() as i64,
+                o.location.pack_id,
+                o.location.offset,
+                o.location.len,
+                &o.checksum[..],
+                o.base,
+                o.chain_depth as i64,
+                o.tolerance,
+                o.max_error,
+                &o.decoded_key[..],
+                id,
+            ],
         )?;
-        stmt.execute(params![
-            &o.key[..],
-            kind,
-            dtype,
-            shape,
-            o.raw_len as i64,
-            o.codec.tag() as i64,
-            o.location.pack_id as i64,
-            o.location.offset as i64,
-            o.location.len as i64,
-            &o.checksum[..],
-            o.base,
-            o.chain_depth as i64,
-            o.tolerance,
-            o.max_error,
-            &o.decoded_key[..],
-            id,
-        ])?;
         if let Some(base) = o.base {
             self.add_ref(base, 1)?;
         }
@@ -900,7 +886,7 @@ impl WriteTxn<'_> {
                 params![
                     id,
                     dtype.as_str(),
-                    elements as i64,
+                    elements,
                     &neurstore_core::sketch::Packed::quantize(sketch).as_bytes()[..]
                 ],
             )?;
@@ -910,19 +896,15 @@ impl WriteTxn<'_> {
     }
 
     fn bump_index_generation(&self) -> Result<()> {
-        self.tx.execute(
-            "INSERT INTO store_meta (key, value) VALUES ('index_generation', '1') \
-             ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
-            [],
-        )?;
-        Ok(())
+        let next = self.index_generation()? + 1;
+        self.set_meta("index_generation", &next.to_string())
     }
 
     /// Moves an object's blob (garbage collection).
     pub fn relocate_object(&self, object_id: i64, to: BlobLocation) -> Result<()> {
         self.tx.execute(
-            "UPDATE objects SET pack_id = ?2, offset = ?3 WHERE object_id = ?1",
-            params![object_id, to.pack_id as i64, to.offset as i64],
+            "UPDATE objects SET pack_id = ?2, \"offset\" = ?3 WHERE object_id = ?1",
+            params![object_id, to.pack_id, to.offset],
         )?;
         Ok(())
     }
@@ -941,21 +923,29 @@ impl WriteTxn<'_> {
         if self.model(&m.name)?.is_some() {
             return Err(StorageError::ModelExists(m.name.clone()));
         }
-        self.tx.execute(
-            "INSERT INTO models (name, created_unix, source_format, metadata, raw_bytes, base_model, mode) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![m.name, m.created_unix, m.source_format, m.metadata, m.raw_bytes as i64, m.base_model, m.mode],
-        )?;
-        Ok(self.tx.last_insert_rowid())
+        self.tx
+            .query_one(
+                "INSERT INTO models (name, created_unix, source_format, metadata, raw_bytes, base_model, mode) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING model_id",
+                params![
+                    &m.name,
+                    m.created_unix,
+                    &m.source_format,
+                    &m.metadata,
+                    m.raw_bytes,
+                    m.base_model.as_deref(),
+                    &m.mode
+                ],
+            )?
+            .get(0)
     }
 
     /// Records a model's manifest, once its files and tensors are inserted.
     pub fn seal_model(&self, model_id: i64) -> Result<()> {
-        let model = self.tx.query_row(
+        let model = model_row(&self.tx.query_one(
             &format!("SELECT {MODEL_COLUMNS} FROM models WHERE model_id = ?1"),
-            [model_id],
-            model_row,
-        )?;
+            params![model_id],
+        )?)?;
         let digest = manifest(
             &model,
             &self.model_files(model_id)?,
@@ -976,7 +966,7 @@ impl WriteTxn<'_> {
         kind: FileKind,
         object_id: i64,
     ) -> Result<()> {
-        let kind = match kind {
+        let kind: i64 = match kind {
             FileKind::Safetensors => 0,
             FileKind::Plain => 1,
         };
@@ -996,18 +986,18 @@ impl WriteTxn<'_> {
         name: &str,
         object_id: i64,
     ) -> Result<()> {
-        let mut stmt = self.tx.prepare_cached(
+        self.tx.execute(
             "INSERT INTO model_tensors (model_id, path, position, name, object_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![model_id, path, position, name, object_id],
         )?;
-        stmt.execute(params![model_id, path, position, name, object_id])?;
         self.add_ref(object_id, 1)
     }
 
     fn add_ref(&self, object_id: i64, delta: i64) -> Result<()> {
-        let mut stmt = self
-            .tx
-            .prepare_cached("UPDATE objects SET refcount = refcount + ?2 WHERE object_id = ?1")?;
-        stmt.execute(params![object_id, delta])?;
+        self.tx.execute(
+            "UPDATE objects SET refcount = refcount + ?2 WHERE object_id = ?1",
+            params![object_id, delta],
+        )?;
         Ok(())
     }
 
@@ -1024,40 +1014,38 @@ impl WriteTxn<'_> {
                      WHERE t.model_id = ?1 AND t.object_id = objects.object_id) \
                      WHERE object_id IN (SELECT object_id FROM {table} WHERE model_id = ?1)"
                 ),
-                [model.id],
+                params![model.id],
             )?;
             self.tx.execute(
                 &format!("DELETE FROM {table} WHERE model_id = ?1"),
-                [model.id],
+                params![model.id],
             )?;
         }
         self.tx
-            .execute("DELETE FROM models WHERE model_id = ?1", [model.id])?;
+            .execute("DELETE FROM models WHERE model_id = ?1", params![model.id])?;
         // Deleting an object drops a reference to its base, which may free the base in turn.
         let mut deleted = 0;
         loop {
-            let dead: Vec<(i64, Option<i64>)> = {
-                let mut stmt = self
-                    .tx
-                    .prepare("SELECT object_id, base_id FROM objects WHERE refcount = 0")?;
-                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<rusqlite::Result<_>>()?
-            };
+            let dead = self.tx.query(
+                "SELECT object_id, base_id FROM objects WHERE refcount = 0",
+                &[],
+            )?;
             if dead.is_empty() {
                 break;
             }
-            for (id, base) in &dead {
+            for r in &dead {
+                let (id, base): (i64, Option<i64>) = (r.get(0)?, r.get(1)?);
                 if self
                     .tx
-                    .execute("DELETE FROM sketches WHERE object_id = ?1", [id])?
+                    .execute("DELETE FROM sketches WHERE object_id = ?1", params![id])?
                     > 0
                 {
                     self.bump_index_generation()?;
                 }
                 self.tx
-                    .execute("DELETE FROM objects WHERE object_id = ?1", [id])?;
+                    .execute("DELETE FROM objects WHERE object_id = ?1", params![id])?;
                 if let Some(base) = base {
-                    self.add_ref(*base, -1)?;
+                    self.add_ref(base, -1)?;
                 }
             }
             deleted += dead.len() as u64;
@@ -1116,14 +1104,28 @@ fn location(pack: i64, offset: i64, len: i64, what: &str) -> Result<BlobLocation
     }
 }
 
-fn model_row(r: &Row) -> rusqlite::Result<ModelRow> {
+/// A location in columns `at..at + 3` that may all be NULL (a model written before format 2).
+fn optional_location(r: &Row, at: usize, what: &str) -> Result<Option<BlobLocation>> {
+    let (p, o, l): (Option<i64>, Option<i64>, Option<i64>) =
+        (r.get(at)?, r.get(at + 1)?, r.get(at + 2)?);
+    match (p, o, l) {
+        (Some(p), Some(o), Some(l)) => Ok(Some(location(p, o, l, what)?)),
+        (None, None, None) => Ok(None),
+        _ => Err(StorageError::corrupt(
+            format!("model {what:?}"),
+            "partial record location",
+        )),
+    }
+}
+
+fn model_row(r: &Row) -> Result<ModelRow> {
     Ok(ModelRow {
         id: r.get(0)?,
         name: r.get(1)?,
         created_unix: r.get(2)?,
         source_format: r.get(3)?,
         metadata: r.get(4)?,
-        raw_bytes: r.get::<_, i64>(5)? as u64,
+        raw_bytes: r.get::<i64>(5)? as u64,
         base_model: r.get(6)?,
         mode: r.get(7)?,
     })
@@ -1143,7 +1145,7 @@ fn object_row(r: &Row, at: usize) -> Result<ObjectRow> {
     let dtype: Option<String> = r.get(at + 3)?;
     let shape_json: Option<String> = r.get(at + 4)?;
     let nonneg = |col: usize, field: &str| -> Result<u64> {
-        u64::try_from(r.get::<_, i64>(at + col)?).map_err(|_| bad(format!("negative {field}")))
+        u64::try_from(r.get::<i64>(at + col)?).map_err(|_| bad(format!("negative {field}")))
     };
     let raw_len = nonneg(5, "raw length")?;
     let codec = Codec::from_tag(r.get(at + 6)?).map_err(|e| bad(e.to_string()))?;
@@ -1156,11 +1158,11 @@ fn object_row(r: &Row, at: usize) -> Result<ObjectRow> {
     let refcount: i64 = r.get(at + 11)?;
     let base: Option<i64> = r.get(at + 12)?;
     let chain_depth =
-        u32::try_from(r.get::<_, i64>(at + 13)?).map_err(|_| bad("bad chain depth".into()))?;
+        u32::try_from(r.get::<i64>(at + 13)?).map_err(|_| bad("bad chain depth".into()))?;
     let tolerance: Option<f64> = r.get(at + 14)?;
     let max_error: f64 = r.get(at + 15)?;
     let decoded_key = digest(r.get(at + 16)?, "decoded key")?;
-    let base_key = match (base, r.get::<_, Option<Vec<u8>>>(at + 17)?) {
+    let base_key = match (base, r.get::<Option<Vec<u8>>>(at + 17)?) {
         (None, None) => None,
         (Some(_), Some(k)) => Some(digest(k, "base's decoded key")?),
         (Some(b), None) => return Err(bad(format!("base object {b} is missing"))),
@@ -1243,9 +1245,8 @@ mod tests {
         let mut reader = Catalog::open_read_only(&path).unwrap();
         assert!(reader.read().unwrap().models().unwrap().is_empty());
         let wrote = reader.write().and_then(|tx| {
-            tx.conn()
-                .execute("INSERT INTO store_meta VALUES ('k', 'v')", [])
-                .map_err(StorageError::from)
+            tx.sql()
+                .execute("INSERT INTO store_meta VALUES ('k', 'v')", &[])
         });
         let err = wrote.expect_err("a read-only catalog took a write");
         assert!(err.to_string().contains("read-only"), "{err}");

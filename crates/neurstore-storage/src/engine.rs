@@ -193,11 +193,7 @@ impl Engine {
         let mut catalog = Catalog::open(&root.join(CATALOG_FILE), true)?;
         crate::backend::share_path_like_dir(&root.join(CATALOG_FILE), root).map_err(io)?;
         let tx = catalog.write()?;
-        tx.conn().execute(
-            "INSERT INTO store_meta (key, value) VALUES ('format', 'neurstore'), ('next_pack_id', '1'), \
-             ('format_version', '2'), ('next_seq', '1'), ('store_id', ?1)",
-            [hex(&new_store_id(root))],
-        )?;
+        tx.init_store_meta(&hex(&new_store_id(root)))?;
         tx.commit()?;
         std::fs::File::open(root)
             .and_then(|d| d.sync_all())
@@ -789,14 +785,6 @@ impl WriteSession<'_> {
         // at once, so a pack file the catalog does not know is never one of ours.
         let mut catalog = engine.catalog.lock().unwrap_or_else(|e| e.into_inner());
         let tx = catalog.write()?;
-        let next: String = tx.conn().query_row(
-            "SELECT value FROM store_meta WHERE key = 'next_pack_id'",
-            [],
-            |r| r.get(0),
-        )?;
-        let id: u64 = next
-            .parse()
-            .map_err(|_| StorageError::corrupt("store_meta", format!("next_pack_id {next:?}")))?;
         let used = self
             .sealed
             .iter()
@@ -804,11 +792,7 @@ impl WriteSession<'_> {
             .map(|a| a.pack_id())
             .max()
             .unwrap_or(0);
-        let id = id.max(used + 1);
-        tx.conn().execute(
-            "UPDATE store_meta SET value = ?1 WHERE key = 'next_pack_id'",
-            [(id + 1).to_string()],
-        )?;
+        let id = tx.take_pack_id(used + 1)?;
         tx.set_pack_len(id, 0)?;
         tx.commit()?;
         drop(catalog);

@@ -67,13 +67,11 @@ impl Engine {
         // once a newer model of the same name lives, that model's record supersedes them all.
         let live_seq: BTreeMap<&str, u64> = self
             .read(|q| {
-                let mut stmt = q
-                    .conn()
-                    .prepare("SELECT name, seq FROM models WHERE seq IS NOT NULL")?;
-                let rows = stmt
-                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                Ok(rows)
+                q.sql()
+                    .query("SELECT name, seq FROM models WHERE seq IS NOT NULL", &[])?
+                    .iter()
+                    .map(|r| Ok((r.get::<String>(0)?, r.get::<i64>(1)?)))
+                    .collect::<Result<Vec<_>>>()
             })?
             .into_iter()
             .filter_map(|(n, s)| {

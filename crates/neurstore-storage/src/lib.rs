@@ -26,6 +26,8 @@ pub mod rebuild;
 pub mod record;
 mod recovery;
 mod schema;
+pub mod sql;
+mod sqlite;
 
 pub use engine::{DiskUsage, Engine, EngineOptions, GcReport, RecoveryReport, WriteSession};
 pub use error::{Result, StorageError};

@@ -20,13 +20,14 @@ impl Engine {
         }
         let (packs, doomed, next_seq, known) = self.read(|q| {
             let known: HashSet<u64> = q
-                .conn()
-                .prepare(
+                .sql()
+                .query(
                     "SELECT seq FROM models WHERE seq IS NOT NULL UNION SELECT seq FROM tombstones",
+                    &[],
                 )?
-                .query_map([], |r| r.get::<_, i64>(0))?
-                .map(|r| r.map(|s| s as u64))
-                .collect::<rusqlite::Result<_>>()?;
+                .iter()
+                .map(|r| Ok(r.get::<i64>(0)? as u64))
+                .collect::<Result<_>>()?;
             Ok((q.packs()?, q.doomed_packs()?, q.next_seq()?, known))
         })?;
         let packs: HashMap<u64, u64> = packs.into_iter().collect();
