@@ -101,7 +101,9 @@ pub struct DiskUsage {
 }
 
 pub(crate) struct WriterState {
-    _lock: WriterLock,
+    /// The embedded store's `LOCK` file; a store in PostgreSQL holds an advisory lock on its
+    /// catalog connection instead.
+    _lock: Option<WriterLock>,
     pub(crate) poisoned: bool,
     pub(crate) max_pack_len: u64,
 }
@@ -119,6 +121,8 @@ pub struct Engine {
     pub(crate) store_id: Mutex<[u8; 16]>,
     index: Mutex<Option<TensorIndex>>,
     index_rebuilds: std::sync::atomic::AtomicU64,
+    /// The catalog connection of a store in PostgreSQL (`None`: a store directory).
+    database: Option<Arc<Mutex<crate::postgres::PgConn>>>,
 }
 
 const INDEX_FILE: &str = "index.hnsw";
@@ -168,6 +172,11 @@ pub(crate) fn expected_record(object: &ObjectRow) -> (RecordHeader, Vec<u8>) {
     (header, meta)
 }
 
+/// The URL when `root` names a store in PostgreSQL.
+pub fn postgres_url(root: &Path) -> Option<&str> {
+    root.to_str().filter(|s| crate::postgres::is_url(s))
+}
+
 /// True when the backend's namespace holds at least one pack file.
 fn has_pack_files(backend: &dyn Backend) -> bool {
     backend
@@ -177,8 +186,12 @@ fn has_pack_files(backend: &dyn Backend) -> bool {
 }
 
 impl Engine {
-    /// Creates an empty store at `root`, which must not exist or be an empty directory.
+    /// Creates an empty store at `root`, which must not exist or be an empty directory; or,
+    /// when `root` is a `postgresql://` URL, in that database, which must hold none yet.
     pub fn init(root: &Path) -> Result<()> {
+        if let Some(url) = postgres_url(root) {
+            return crate::postgres::init(url, &hex(&new_store_id(root)));
+        }
         if root.exists() {
             let empty = std::fs::read_dir(root)
                 .map(|mut d| d.next().is_none())
@@ -201,12 +214,17 @@ impl Engine {
         Ok(())
     }
 
-    /// Opens the store at `root`. A catalog that is missing, empty or unreadable while pack
-    /// files hold data is an error that changes nothing (`recover` rebuilds it).
+    /// Opens the store at `root` (a directory, or a `postgresql://` URL). A catalog that is
+    /// missing, empty or unreadable while pack files hold data is an error that changes nothing
+    /// (`recover` rebuilds it).
     pub fn open(root: &Path, options: EngineOptions) -> Result<(Self, RecoveryReport)> {
+        if let Some(url) = postgres_url(root) {
+            return Self::open_postgres(url, options);
+        }
         let catalog_path = root.join(CATALOG_FILE);
         let backend = options
             .backend
+            .clone()
             .unwrap_or_else(|| Arc::new(FsBackend::new(root.join(PACK_DIR))));
         // Beside pack files, a catalog that is missing or unusable is "lost" (`recover`);
         // without any, a missing one means no store, and an unusable one is reported as is.
@@ -239,7 +257,7 @@ impl Engine {
         } else {
             Catalog::open(&catalog_path, false)
         };
-        let mut catalog = opened.map_err(|e| match e {
+        let catalog = opened.map_err(|e| match e {
             StorageError::Corrupt { .. } => lost(format!("not a catalog ({e})"), Some(e)),
             StorageError::Catalog(rusqlite::Error::SqliteFailure(f, m))
                 if matches!(
@@ -257,6 +275,31 @@ impl Engine {
             }
             other => other.in_store(root, "open"),
         })?;
+        Self::assemble(root.to_path_buf(), catalog, backend, lock, None, options)
+    }
+
+    /// Opens the store in the PostgreSQL database at `url`: its catalog on one connection
+    /// (holding the writer lock, for a writer), its packs through [`crate::postgres::blobs`].
+    fn open_postgres(url: &str, options: EngineOptions) -> Result<(Self, RecoveryReport)> {
+        let lock = options.write.then_some(options.lock_wait);
+        let conn = crate::postgres::open(url, lock)?;
+        let catalog = Catalog::from_db(Box::new(crate::postgres::PgCatalog::new(conn.clone())));
+        let backend = options.backend.clone().unwrap_or_else(|| {
+            Arc::new(crate::postgres::blobs::PgBackend::new(url)) as Arc<dyn Backend>
+        });
+        let root = PathBuf::from(crate::postgres::display_url(url));
+        Self::assemble(root, catalog, backend, None, Some(conn), options)
+    }
+
+    /// The engine over an open catalog and backend; a writer (`options.write`) runs recovery.
+    fn assemble(
+        root: PathBuf,
+        mut catalog: Catalog,
+        backend: Arc<dyn Backend>,
+        lock: Option<WriterLock>,
+        database: Option<Arc<Mutex<crate::postgres::PgConn>>>,
+        options: EngineOptions,
+    ) -> Result<(Self, RecoveryReport)> {
         let (format, store_id) = {
             let tx = catalog.read()?;
             let format = tx.format_version()?;
@@ -275,7 +318,7 @@ impl Engine {
             (format, store_id)
         };
         let engine = Engine {
-            root: root.to_path_buf(),
+            root,
             catalog: Mutex::new(catalog),
             reader: PackReader::new(backend.clone()),
             backend,
@@ -283,13 +326,14 @@ impl Engine {
             index_rebuilds: std::sync::atomic::AtomicU64::new(0),
             format: AtomicU32::new(format),
             store_id: Mutex::new(store_id),
-            writer: lock.map(|l| {
+            writer: options.write.then(|| {
                 Mutex::new(WriterState {
-                    _lock: l,
+                    _lock: lock,
                     poisoned: false,
                     max_pack_len: options.max_pack_len,
                 })
             }),
+            database,
         };
         let report = if engine.writer.is_some() {
             engine.recover()?
@@ -464,9 +508,13 @@ impl Engine {
                 pack_bytes += file.len().map_err(|e| StorageError::io(&name, e))?;
             }
         }
+        let catalog_bytes = match &self.database {
+            Some(conn) => crate::postgres::catalog_bytes(conn)?,
+            None => Catalog::file_bytes(&self.root.join(CATALOG_FILE)),
+        };
         Ok(DiskUsage {
             pack_bytes,
-            catalog_bytes: Catalog::file_bytes(&self.root.join(CATALOG_FILE)),
+            catalog_bytes,
         })
     }
 

@@ -122,6 +122,26 @@ pub enum StorageError {
     /// A write was attempted on a store opened for reading.
     #[error("the store was opened read-only")]
     ReadOnly,
+    /// PostgreSQL reported an error (a store in a database).
+    #[error("PostgreSQL: {}", describe_postgres(.0))]
+    Postgres(postgres::Error),
+    /// The operation exists only for one kind of store.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl From<postgres::Error> for StorageError {
+    fn from(e: postgres::Error) -> Self {
+        StorageError::Postgres(e)
+    }
+}
+
+/// A PostgreSQL error as the server words it, with its SQLSTATE, or the client's own words.
+pub fn describe_postgres(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 impl From<rusqlite::Error> for StorageError {

@@ -22,6 +22,7 @@ mod gc;
 pub mod index;
 pub mod lock;
 pub mod pack;
+pub mod postgres;
 pub mod rebuild;
 pub mod record;
 mod recovery;

@@ -61,6 +61,13 @@ struct Scan {
 /// Rebuilds the catalog of the store at `root` from its packs (through `backend`, the store's
 /// `packs/` directory when `None`). Takes the writer lock.
 pub fn rebuild(root: &Path, backend: Option<Arc<dyn Backend>>) -> Result<RebuildReport> {
+    if crate::engine::postgres_url(root).is_some() {
+        return Err(StorageError::Unsupported(
+            "`recover` rebuilds a store directory's catalog from its packs; a store in \
+             PostgreSQL keeps its catalog in the same database, backed up and restored with it"
+                .into(),
+        ));
+    }
     let backend = backend.unwrap_or_else(|| Arc::new(FsBackend::new(root.join(PACK_DIR))));
     let _lock = WriterLock::acquire(root)?;
     let mut scan = Scan::default();

@@ -1,0 +1,353 @@
+//! Pack files in PostgreSQL: each file is a row of `pack_files` (name, length) and its bytes
+//! are rows of `pack_chunks`, chunk `i` holding bytes `[i * CHUNK, (i + 1) * CHUNK)`.
+//!
+//! Writes are kept in memory per open file, a chunk at a time, and reach the database when a
+//! chunk fills or the file is synced, each statement committing on its own (autocommit): like
+//! a file system, bytes written but not synced may or may not be there after a crash, and the
+//! engine's commit protocol (append, sync, then publish in the catalog) makes that safe. Blob
+//! I/O runs on connections of its own, never on the catalog's, so it is never caught inside a
+//! catalog transaction and parallel reads do not queue behind one connection.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use postgres::Client;
+
+use crate::backend::{Backend, StorageFile};
+
+/// Bytes per chunk row.
+pub const CHUNK: u64 = 1 << 20;
+
+/// Blob connections kept open for reuse.
+const MAX_IDLE: usize = 8;
+
+fn pg_io(e: postgres::Error) -> io::Error {
+    io::Error::other(crate::error::describe_postgres(&e))
+}
+
+/// Connections to one database, opened on demand and reused.
+pub struct Pool {
+    url: String,
+    idle: Mutex<Vec<Client>>,
+}
+
+impl Pool {
+    /// A pool for the database at `url`.
+    pub fn new(url: &str) -> Self {
+        Pool {
+            url: url.to_string(),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `f` on a connection of the pool (a broken one is dropped, not returned).
+    fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>) -> io::Result<T> {
+        let taken = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut client = match taken {
+            Some(c) => c,
+            None => super::connect(&self.url).map_err(|e| io::Error::other(e.to_string()))?,
+        };
+        let result = f(&mut client);
+        if !client.is_closed() {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < MAX_IDLE {
+                idle.push(client);
+            }
+        }
+        result.map_err(pg_io)
+    }
+}
+
+/// The pack files of a store in PostgreSQL.
+pub struct PgBackend {
+    pool: Arc<Pool>,
+}
+
+impl PgBackend {
+    /// The backend of the store at `url`.
+    pub fn new(url: &str) -> Self {
+        PgBackend {
+            pool: Arc::new(Pool::new(url)),
+        }
+    }
+}
+
+fn not_found(name: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("no pack file {name}"))
+}
+
+impl Backend for PgBackend {
+    fn open(&self, name: &str, create: bool) -> io::Result<Arc<dyn StorageFile>> {
+        let len = self.pool.with(|c| {
+            if create {
+                c.execute(
+                    "INSERT INTO pack_files (name, len) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING",
+                    &[&name],
+                )?;
+            }
+            c.query_opt("SELECT len FROM pack_files WHERE name = $1", &[&name])
+                .map(|r| r.map(|r| r.get::<_, i64>(0)))
+        })?;
+        let len = len.ok_or_else(|| not_found(name))?;
+        Ok(Arc::new(PgFile {
+            pool: self.pool.clone(),
+            name: name.to_string(),
+            state: Mutex::new(FileState {
+                len: len as u64,
+                synced_len: len as u64,
+                dirty: BTreeMap::new(),
+            }),
+        }))
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        let n = self
+            .pool
+            .with(|c| c.execute("DELETE FROM pack_files WHERE name = $1", &[&name]))?;
+        if n == 0 {
+            return Err(not_found(name));
+        }
+        Ok(())
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.pool.with(|c| {
+            let mut tx = c.transaction()?;
+            tx.execute("DELETE FROM pack_files WHERE name = $1", &[&to])?;
+            tx.execute(
+                "UPDATE pack_files SET name = $2 WHERE name = $1",
+                &[&from, &to],
+            )?;
+            tx.commit()
+        })
+    }
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        self.pool.with(|c| {
+            Ok(c.query("SELECT name FROM pack_files ORDER BY name", &[])?
+                .iter()
+                .map(|r| r.get(0))
+                .collect())
+        })
+    }
+
+    /// Every statement commits on its own: nothing more to make durable.
+    fn sync_dir(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct FileState {
+    /// Length including unsynced writes.
+    len: u64,
+    /// Length the database records.
+    synced_len: u64,
+    /// Chunks written since the last sync: index to the chunk's whole content.
+    dirty: BTreeMap<u64, Vec<u8>>,
+}
+
+/// One open pack file.
+struct PgFile {
+    pool: Arc<Pool>,
+    name: String,
+    state: Mutex<FileState>,
+}
+
+impl PgFile {
+    fn state(&self) -> std::sync::MutexGuard<'_, FileState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the file's length from the database again when this handle wrote nothing since
+    /// its last sync (another handle or writer may have grown it since).
+    fn refresh(&self, state: &mut FileState) -> io::Result<()> {
+        if !state.dirty.is_empty() || state.len != state.synced_len {
+            return Ok(());
+        }
+        let len: Option<i64> = self.pool.with(|c| {
+            c.query_opt("SELECT len FROM pack_files WHERE name = $1", &[&self.name])
+                .map(|r| r.map(|r| r.get(0)))
+        })?;
+        let len = len.ok_or_else(|| not_found(&self.name))? as u64;
+        state.len = len;
+        state.synced_len = len;
+        Ok(())
+    }
+
+    /// Bytes `[start, start + len)` of chunk `chunk` as the database holds them.
+    fn read_chunk(&self, chunk: u64, start: u64, len: u64) -> io::Result<Vec<u8>> {
+        let bytes: Option<Vec<u8>> = self.pool.with(|c| {
+            c.query_opt(
+                "SELECT substring(bytes FROM $3 FOR $4) FROM pack_chunks WHERE name = $1 AND chunk = $2",
+                &[
+                    &self.name,
+                    &(chunk as i64),
+                    &(start as i32 + 1),
+                    &(len as i32),
+                ],
+            )
+            .map(|r| r.map(|r| r.get(0)))
+        })?;
+        let bytes = bytes.unwrap_or_default();
+        if (bytes.len() as u64) < len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("pack file {} is short in chunk {chunk}", self.name),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// Writes chunks to the database: the full ones only, or all with `all`; then, with
+    /// `all`, the file's length.
+    fn flush(&self, state: &mut FileState, all: bool) -> io::Result<()> {
+        let full: Vec<u64> = state
+            .dirty
+            .iter()
+            .filter(|(_, b)| all || b.len() as u64 == CHUNK)
+            .map(|(i, _)| *i)
+            .collect();
+        if full.is_empty() && (!all || state.synced_len == state.len) {
+            return Ok(());
+        }
+        let chunks: Vec<(u64, Vec<u8>)> = full
+            .iter()
+            .map(|i| (*i, state.dirty.remove(i).expect("listed above")))
+            .collect();
+        let len = state.len;
+        self.pool.with(|c| {
+            let mut tx = c.transaction()?;
+            for (i, bytes) in &chunks {
+                tx.execute(
+                    "INSERT INTO pack_chunks (name, chunk, bytes) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name, chunk) DO UPDATE SET bytes = EXCLUDED.bytes",
+                    &[&self.name, &(*i as i64), bytes],
+                )?;
+            }
+            if all {
+                tx.execute(
+                    "UPDATE pack_files SET len = $2 WHERE name = $1",
+                    &[&self.name, &(len as i64)],
+                )?;
+            }
+            tx.commit()
+        })?;
+        if all {
+            state.synced_len = len;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PgFile {
+    /// Writes back what was never synced, as a file system writes back its cache: the bytes
+    /// may or may not be there after a crash, and nothing relies on them until synced.
+    fn drop(&mut self) {
+        let mut state = self.state();
+        let _ = self.flush(&mut state, true);
+    }
+}
+
+impl StorageFile for PgFile {
+    fn len(&self) -> io::Result<u64> {
+        let mut state = self.state();
+        self.refresh(&mut state)?;
+        Ok(state.len)
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let end = offset + buf.len() as u64;
+        let mut state = self.state();
+        if end > state.len {
+            self.refresh(&mut state)?;
+        }
+        if end > state.len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("read past the end of pack file {}", self.name),
+            ));
+        }
+        let mut at = offset;
+        while at < end {
+            let chunk = at / CHUNK;
+            let start = at - chunk * CHUNK;
+            let n = (CHUNK - start).min(end - at);
+            let out = &mut buf[(at - offset) as usize..(at - offset + n) as usize];
+            match state.dirty.get(&chunk) {
+                Some(bytes) => out.copy_from_slice(&bytes[start as usize..(start + n) as usize]),
+                None => out.copy_from_slice(&self.read_chunk(chunk, start, n)?),
+            }
+            at += n;
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut state = self.state();
+        let end = offset + buf.len() as u64;
+        let mut at = offset;
+        while at < end {
+            let chunk = at / CHUNK;
+            let start = at - chunk * CHUNK;
+            let n = (CHUNK - start).min(end - at);
+            if !state.dirty.contains_key(&chunk) {
+                // The chunk's current bytes, if the database holds any.
+                let held = state.synced_len.saturating_sub(chunk * CHUNK).min(CHUNK);
+                let bytes = if held > 0 {
+                    self.read_chunk(chunk, 0, held)?
+                } else {
+                    Vec::new()
+                };
+                state.dirty.insert(chunk, bytes);
+            }
+            let bytes = state.dirty.get_mut(&chunk).expect("inserted above");
+            let stop = (start + n) as usize;
+            if bytes.len() < stop {
+                bytes.resize(stop, 0);
+            }
+            bytes[start as usize..stop].copy_from_slice(&buf[(at - offset) as usize..][..n as usize]);
+            at += n;
+        }
+        state.len = state.len.max(end);
+        self.flush(&mut state, false)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut state = self.state();
+        // Drop what lies past the new end in memory, then in the database.
+        state.dirty.retain(|i, _| i * CHUNK < len);
+        if let Some((i, bytes)) = state.dirty.iter_mut().next_back() {
+            bytes.resize(((len - i * CHUNK).min(CHUNK)) as usize, 0);
+        }
+        let last = len.div_ceil(CHUNK);
+        let keep = (len - last.saturating_sub(1) * CHUNK) as i32;
+        self.pool.with(|c| {
+            let mut tx = c.transaction()?;
+            tx.execute(
+                "DELETE FROM pack_chunks WHERE name = $1 AND chunk >= $2",
+                &[&self.name, &(last as i64)],
+            )?;
+            if last > 0 {
+                tx.execute(
+                    "UPDATE pack_chunks SET bytes = substring(bytes FROM 1 FOR $3) \
+                     WHERE name = $1 AND chunk = $2 AND length(bytes) > $3",
+                    &[&self.name, &(last as i64 - 1), &keep],
+                )?;
+            }
+            tx.execute(
+                "UPDATE pack_files SET len = $2 WHERE name = $1",
+                &[&self.name, &(len as i64)],
+            )?;
+            tx.commit()
+        })?;
+        state.len = len;
+        state.synced_len = len;
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        let mut state = self.state();
+        self.flush(&mut state, true)
+    }
+}

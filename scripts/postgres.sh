@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL for NeurStore: installs the server, starts or stops a cluster.
+#
+# Usage:
+#   scripts/postgres.sh install     install PostgreSQL (Debian packages) when it is missing
+#   scripts/postgres.sh up DIR      create a cluster in DIR when DIR is new, start it otherwise
+#                                   (after a crash too); the last line printed is its URL
+#   scripts/postgres.sh down DIR    stop the cluster in DIR
+#
+# The cluster listens on 127.0.0.1 only (and on a socket inside DIR), on a free port chosen
+# when it is created and kept in DIR/port, with trust authentication for the superuser
+# `postgres`: a cluster for tests and trials, never for data that matters. PostgreSQL refuses
+# to run as root, so under root the server runs as the user `neurstore-pg` (created when
+# missing) and DIR is given to it; any other user runs it as themselves.
+#
+# PG_BIN picks the server's bin directory (default: the newest under /usr/lib/postgresql).
+set -euo pipefail
+
+die() {
+    echo "error: $*" >&2
+    exit 1
+}
+
+pg_bin() {
+    if [[ -n "${PG_BIN:-}" ]]; then
+        echo "$PG_BIN"
+        return
+    fi
+    local newest
+    newest=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+    [[ -n "$newest" && -x "$newest/initdb" ]] || return 1
+    echo "$newest"
+}
+
+install_server() {
+    if pg_bin >/dev/null; then
+        echo "PostgreSQL present: $(pg_bin)" >&2
+        return
+    fi
+    [[ $(id -u) -eq 0 ]] || die "PostgreSQL is not installed; run this as root to install it"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq postgresql postgresql-client >/dev/null
+    # Debian starts a cluster of its own; the tests use theirs.
+    if command -v pg_ctlcluster >/dev/null; then
+        pg_lsclusters -h 2>/dev/null | while read -r version name _; do
+            pg_ctlcluster "$version" "$name" stop 2>/dev/null || true
+        done
+    fi
+    pg_bin >/dev/null || die "PostgreSQL did not install"
+}
+
+# Runs a command as the cluster's owner.
+as_owner() {
+    if [[ $(id -u) -eq 0 ]]; then
+        runuser -u neurstore-pg -- "$@"
+    else
+        "$@"
+    fi
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+up() {
+    local dir=$1 bin
+    install_server
+    bin=$(pg_bin)
+    if [[ $(id -u) -eq 0 ]] && ! id neurstore-pg >/dev/null 2>&1; then
+        useradd --system --no-create-home --shell /usr/sbin/nologin neurstore-pg
+    fi
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+    if [[ $(id -u) -eq 0 ]]; then
+        chown neurstore-pg "$dir"
+        # The owner must reach DIR through every parent.
+        local p=$dir
+        while [[ "$p" != / ]]; do
+            p=$(dirname "$p")
+            chmod o+x "$p" 2>/dev/null || true
+        done
+    fi
+    if [[ ! -f "$dir/data/PG_VERSION" ]]; then
+        as_owner "$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 ||
+            { cat "$dir/initdb.log" >&2; die "initdb failed"; }
+        free_port >"$dir/port"
+        mkdir -p "$dir/socket"
+        [[ $(id -u) -eq 0 ]] && chown neurstore-pg "$dir/socket" "$dir/port"
+        cat >>"$dir/data/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $(cat "$dir/port")
+unix_socket_directories = '$dir/socket'
+wal_level = replica
+max_wal_senders = 4
+fsync = on
+EOF
+        echo "host replication postgres 127.0.0.1/32 trust" >>"$dir/data/pg_hba.conf"
+    fi
+    local port
+    port=$(cat "$dir/port")
+    if ! as_owner "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+        # After a crash the server finds its own pid file stale and starts anyway.
+        as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null ||
+            { tail -n 20 "$dir/server.log" >&2; die "the server did not start"; }
+    fi
+    echo "postgresql://postgres@127.0.0.1:$port/postgres"
+}
+
+down() {
+    local dir=$1 bin
+    bin=$(pg_bin) || die "PostgreSQL is not installed"
+    [[ -f "$dir/data/PG_VERSION" ]] || die "no cluster in $dir"
+    as_owner "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+case "${1:-}" in
+    install) install_server ;;
+    up) [[ $# -eq 2 ]] || die "usage: $0 up DIR"; up "$2" ;;
+    down) [[ $# -eq 2 ]] || die "usage: $0 down DIR"; down "$2" ;;
+    *) die "usage: $0 install | up DIR | down DIR" ;;
+esac
