@@ -115,6 +115,72 @@ CREATE TABLE neurstore_data.pack_chunks (
 ALTER TABLE neurstore_data.pack_chunks ALTER COLUMN bytes SET STORAGE EXTERNAL;
 "#;
 
+/// The SQL face: views in the schema `neurstore` over the store's tables. They run with the
+/// querying role's rights (`security_invoker`), so grants and row-level security on the tables
+/// in [`DATA_SCHEMA`] apply to them as to any query.
+const VIEWS: &str = r#"
+CREATE SCHEMA IF NOT EXISTS neurstore;
+CREATE OR REPLACE FUNCTION neurstore.codec_name(tag bigint) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT
+    RETURN CASE tag WHEN 0 THEN 'raw' WHEN 1 THEN 'grouped-zstd' WHEN 2 THEN 'delta'
+                    WHEN 3 THEN 'quantized' END;
+-- One row per model. stored_bytes: the stored bytes of every object the model uses (objects
+-- shared with other models counted in each); base_models: the models that hold the bases of
+-- its deltas.
+CREATE OR REPLACE VIEW neurstore.models WITH (security_invoker = true) AS
+SELECT m.name,
+       to_timestamp(m.created_unix) AS created,
+       m.raw_bytes,
+       (SELECT CAST(coalesce(sum(o.stored_len), 0) AS bigint) FROM neurstore_data.objects o
+         WHERE o.object_id IN (SELECT t.object_id FROM neurstore_data.model_tensors t
+                                WHERE t.model_id = m.model_id
+                               UNION SELECT f.object_id FROM neurstore_data.model_files f
+                                WHERE f.model_id = m.model_id)) AS stored_bytes,
+       m.mode,
+       (SELECT max(o.tolerance) FROM neurstore_data.model_tensors t
+          JOIN neurstore_data.objects o ON o.object_id = t.object_id
+         WHERE t.model_id = m.model_id) AS tolerance,
+       ARRAY(SELECT DISTINCT bm.name FROM neurstore_data.model_tensors t
+               JOIN neurstore_data.objects o ON o.object_id = t.object_id
+               JOIN neurstore_data.model_tensors bt ON bt.object_id = o.base_id
+               JOIN neurstore_data.models bm ON bm.model_id = bt.model_id
+              WHERE t.model_id = m.model_id AND bm.model_id <> m.model_id
+              ORDER BY bm.name) AS base_models,
+       m.source_format AS format
+  FROM neurstore_data.models m;
+-- One row per tensor of every model; base_model and base_tensor name one model tensor that
+-- holds the base of a delta.
+CREATE OR REPLACE VIEW neurstore.tensors WITH (security_invoker = true) AS
+SELECT m.name AS model,
+       t.path AS file,
+       t.name,
+       o.dtype,
+       CAST(o.shape AS jsonb) AS shape,
+       neurstore.codec_name(o.codec) AS codec,
+       b.model AS base_model,
+       b.tensor AS base_tensor,
+       o.stored_len AS stored_bytes,
+       o.raw_len AS raw_bytes,
+       o.max_error
+  FROM neurstore_data.model_tensors t
+  JOIN neurstore_data.models m ON m.model_id = t.model_id
+  JOIN neurstore_data.objects o ON o.object_id = t.object_id
+  LEFT JOIN LATERAL (
+       SELECT bm.name AS model, bt.name AS tensor FROM neurstore_data.model_tensors bt
+         JOIN neurstore_data.models bm ON bm.model_id = bt.model_id
+        WHERE bt.object_id = o.base_id
+        ORDER BY bm.model_id, bt.path, bt.position LIMIT 1) b ON true;
+-- One row per file of every model.
+CREATE OR REPLACE VIEW neurstore.files WITH (security_invoker = true) AS
+SELECT m.name AS model,
+       f.path,
+       CASE f.kind WHEN 0 THEN 'safetensors' ELSE 'file' END AS kind,
+       o.stored_len AS stored_bytes
+  FROM neurstore_data.model_files f
+  JOIN neurstore_data.models m ON m.model_id = f.model_id
+  JOIN neurstore_data.objects o ON o.object_id = f.object_id;
+"#;
+
 /// True when the database holds the store's schema.
 pub(crate) fn exists(conn: &mut PgConn) -> Result<bool> {
     Ok(conn
@@ -130,6 +196,7 @@ pub(crate) fn exists(conn: &mut PgConn) -> Result<bool> {
 /// Creates the tables (inside the caller's transaction).
 pub(crate) fn create(conn: &mut PgConn) -> Result<()> {
     conn.batch(CREATE)?;
+    conn.batch(VIEWS)?;
     conn.execute(
         "INSERT INTO store_meta (key, value) VALUES ('schema_version', ?1)",
         &[SCHEMA_VERSION.to_string().into()],

@@ -2,6 +2,8 @@
 //! pseudo-random numbers and bytes, float element conversion.
 #![allow(dead_code)] // each test file uses a part
 
+pub mod pg;
+
 use std::collections::BTreeMap;
 
 use neurstore_core::dtype::DType;
