@@ -6,6 +6,11 @@
 #   scripts/postgres.sh up DIR      create a cluster in DIR when DIR is new, start it otherwise
 #                                   (after a crash too); the last line printed is its URL
 #   scripts/postgres.sh down DIR    stop the cluster in DIR
+#   scripts/postgres.sh standby URL DIR
+#                                   a streaming standby of the server at URL (one this script
+#                                   started) in DIR, on a port of its own: created with
+#                                   pg_basebackup when DIR is new, started otherwise; the last
+#                                   line printed is its URL (read-only queries only)
 #
 # The cluster listens on 127.0.0.1 only (and on a socket inside DIR), on a free port chosen
 # when it is created and kept in DIR/port, with trust authentication for the superuser
@@ -107,6 +112,31 @@ EOF
     echo "postgresql://postgres@127.0.0.1:$port/postgres"
 }
 
+standby() {
+    local url=$1 dir=$2 bin
+    bin=$(pg_bin) || die "PostgreSQL is not installed"
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+    [[ $(id -u) -eq 0 ]] && chown neurstore-pg "$dir"
+    if [[ ! -f "$dir/data/PG_VERSION" ]]; then
+        as_owner "$bin/pg_basebackup" -R -X stream --checkpoint=fast -D "$dir/data" -d "$url" >"$dir/basebackup.log" 2>&1 ||
+            { cat "$dir/basebackup.log" >&2; die "pg_basebackup failed"; }
+        free_port >"$dir/port"
+        mkdir -p "$dir/socket"
+        [[ $(id -u) -eq 0 ]] && chown neurstore-pg "$dir/socket" "$dir/port"
+        cat >>"$dir/data/postgresql.conf" <<EOF
+port = $(cat "$dir/port")
+unix_socket_directories = '$dir/socket'
+hot_standby = on
+EOF
+    fi
+    if ! as_owner "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+        as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null ||
+            { tail -n 20 "$dir/server.log" >&2; die "the standby did not start"; }
+    fi
+    echo "postgresql://postgres@127.0.0.1:$(cat "$dir/port")/postgres"
+}
+
 down() {
     local dir=$1 bin
     bin=$(pg_bin) || die "PostgreSQL is not installed"
@@ -118,5 +148,6 @@ case "${1:-}" in
     install) install_server ;;
     up) [[ $# -eq 2 ]] || die "usage: $0 up DIR"; up "$2" ;;
     down) [[ $# -eq 2 ]] || die "usage: $0 down DIR"; down "$2" ;;
-    *) die "usage: $0 install | up DIR | down DIR" ;;
+    standby) [[ $# -eq 3 ]] || die "usage: $0 standby URL DIR"; standby "$2" "$3" ;;
+    *) die "usage: $0 install | up DIR | down DIR | standby URL DIR" ;;
 esac

@@ -68,7 +68,9 @@ pub enum StorageError {
     #[error("no NeurStore store at {0}; create one with `neurstore init`")]
     NoStore(PathBuf),
     /// `init` on a directory that already holds a store or other files.
-    #[error("{0} already exists and is not empty (a directory with files, or a database with a store); choose another --store")]
+    #[error(
+        "{0} already exists and is not empty (a directory with files, or a database with a store); choose another --store"
+    )]
     AlreadyExists(PathBuf),
     /// An earlier write or sync failed; the store refuses writes until reopened.
     #[error("the store refuses writes after an earlier I/O failure; reopen it")]

@@ -94,15 +94,23 @@ fn a_store_in_postgres_round_trips_dedups_and_collects() {
         mode: Mode::Absolute(1e-4),
         ..Default::default()
     };
-    let report = store.put("tune-1e-4", &tune2, &bounded, &NoProgress).unwrap();
+    let report = store
+        .put("tune-1e-4", &tune2, &bounded, &NoProgress)
+        .unwrap();
     assert!(report.ratio > 4.0, "{report:?}");
     let again = store
         .put("base-again", &base, &PutOptions::default(), &NoProgress)
         .unwrap();
     assert!(again.fully_deduplicated, "{again:?}");
 
-    assert_eq!(get_bytes(&store, "base", dir.path()), std::fs::read(&base).unwrap());
-    assert_eq!(get_bytes(&store, "tune", dir.path()), std::fs::read(&tune).unwrap());
+    assert_eq!(
+        get_bytes(&store, "base", dir.path()),
+        std::fs::read(&base).unwrap()
+    );
+    assert_eq!(
+        get_bytes(&store, "tune", dir.path()),
+        std::fs::read(&tune).unwrap()
+    );
     let verify = store.verify(&NoProgress).unwrap();
     assert!(verify.problems.is_empty(), "{:?}", verify.problems);
     assert_eq!(verify.models, 4);
@@ -144,7 +152,10 @@ fn a_store_in_postgres_round_trips_dedups_and_collects() {
     assert!(chunk_bytes(&url) < before);
     drop(store);
     let reader = Store::open(Path::new(&url)).unwrap();
-    assert_eq!(get_bytes(&reader, "base", dir.path()), std::fs::read(&base).unwrap());
+    assert_eq!(
+        get_bytes(&reader, "base", dir.path()),
+        std::fs::read(&base).unwrap()
+    );
     assert!(reader.verify(&NoProgress).unwrap().problems.is_empty());
 }
 
@@ -180,8 +191,14 @@ fn concurrent_writers_both_commit_and_store_shared_tensors_once() {
         h.join().unwrap();
     }
     let reader = Store::open(Path::new(url.as_str())).unwrap();
-    assert_eq!(get_bytes(&reader, "a", dir.path()), std::fs::read(&a).unwrap());
-    assert_eq!(get_bytes(&reader, "b", dir.path()), std::fs::read(&b).unwrap());
+    assert_eq!(
+        get_bytes(&reader, "a", dir.path()),
+        std::fs::read(&a).unwrap()
+    );
+    assert_eq!(
+        get_bytes(&reader, "b", dir.path()),
+        std::fs::read(&b).unwrap()
+    );
     // a: 6 matrices + bias; b adds its 2 own matrices (the shared four and the bias are
     // stored once).
     let stats = reader.stats().unwrap();
@@ -219,11 +236,19 @@ fn a_failed_put_commits_nothing_and_a_second_writer_waits_or_is_refused() {
     .err()
     .expect("a second writer was let in");
     assert!(refused.to_string().contains("locked"), "{refused}");
-    assert!(Store::open(Path::new(&url)).unwrap().list().unwrap().is_empty());
+    assert!(
+        Store::open(Path::new(&url))
+            .unwrap()
+            .list()
+            .unwrap()
+            .is_empty()
+    );
 
     // No store in a database without one; init refuses a database that has one.
     let empty = pg::fresh_database(&server, "ns_empty");
-    let missing = Store::open(Path::new(&empty)).err().expect("opened nothing");
+    let missing = Store::open(Path::new(&empty))
+        .err()
+        .expect("opened nothing");
     assert!(missing.to_string().contains("neurstore init"), "{missing}");
     let twice = Store::init(Path::new(&url)).unwrap_err();
     assert!(twice.to_string().contains("already"), "{twice}");
@@ -261,7 +286,13 @@ fn pg_dump_and_pg_restore_carry_the_models() {
         .unwrap();
     assert!(status.success());
     let store = Store::open(Path::new(&restored)).unwrap();
-    assert_eq!(get_bytes(&store, "base", dir.path()), std::fs::read(&base).unwrap());
-    assert_eq!(get_bytes(&store, "tune", dir.path()), std::fs::read(&tune).unwrap());
+    assert_eq!(
+        get_bytes(&store, "base", dir.path()),
+        std::fs::read(&base).unwrap()
+    );
+    assert_eq!(
+        get_bytes(&store, "tune", dir.path()),
+        std::fs::read(&tune).unwrap()
+    );
     assert!(store.verify(&NoProgress).unwrap().problems.is_empty());
 }

@@ -306,7 +306,8 @@ impl StorageFile for PgFile {
             if bytes.len() < stop {
                 bytes.resize(stop, 0);
             }
-            bytes[start as usize..stop].copy_from_slice(&buf[(at - offset) as usize..][..n as usize]);
+            bytes[start as usize..stop]
+                .copy_from_slice(&buf[(at - offset) as usize..][..n as usize]);
             at += n;
         }
         state.len = state.len.max(end);

@@ -89,11 +89,19 @@ fn column(row: &postgres::Row, i: usize) -> Result<Value> {
     let ty = row.columns()[i].type_();
     let v = match *ty {
         Type::INT8 => row.try_get::<_, Option<i64>>(i)?.map(Value::Int),
-        Type::INT4 => row.try_get::<_, Option<i32>>(i)?.map(|v| Value::Int(v.into())),
-        Type::INT2 => row.try_get::<_, Option<i16>>(i)?.map(|v| Value::Int(v.into())),
-        Type::BOOL => row.try_get::<_, Option<bool>>(i)?.map(|v| Value::Int(v.into())),
+        Type::INT4 => row
+            .try_get::<_, Option<i32>>(i)?
+            .map(|v| Value::Int(v.into())),
+        Type::INT2 => row
+            .try_get::<_, Option<i16>>(i)?
+            .map(|v| Value::Int(v.into())),
+        Type::BOOL => row
+            .try_get::<_, Option<bool>>(i)?
+            .map(|v| Value::Int(v.into())),
         Type::FLOAT8 => row.try_get::<_, Option<f64>>(i)?.map(Value::Real),
-        Type::FLOAT4 => row.try_get::<_, Option<f32>>(i)?.map(|v| Value::Real(v.into())),
+        Type::FLOAT4 => row
+            .try_get::<_, Option<f32>>(i)?
+            .map(|v| Value::Real(v.into())),
         Type::BYTEA => row.try_get::<_, Option<Vec<u8>>>(i)?.map(Value::Blob),
         _ if <String as postgres::types::FromSql>::accepts(ty) => {
             row.try_get::<_, Option<String>>(i)?.map(Value::Text)
@@ -157,7 +165,11 @@ impl PgConn {
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
         let rows = self.client.query(&stmt, &refs)?;
         rows.iter()
-            .map(|r| Ok(Row((0..r.len()).map(|i| column(r, i)).collect::<Result<_>>()?)))
+            .map(|r| {
+                Ok(Row((0..r.len())
+                    .map(|i| column(r, i))
+                    .collect::<Result<_>>()?))
+            })
             .collect()
     }
 

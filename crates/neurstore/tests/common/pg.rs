@@ -13,7 +13,9 @@ pub fn server() -> Option<String> {
     match std::env::var("NEURSTORE_TEST_POSTGRES") {
         Ok(url) if !url.is_empty() => Some(url),
         _ if std::env::var_os("CI").is_some() => {
-            panic!("CI runs the PostgreSQL tests: set NEURSTORE_TEST_POSTGRES (scripts/postgres.sh up DIR prints it)")
+            panic!(
+                "CI runs the PostgreSQL tests: set NEURSTORE_TEST_POSTGRES (scripts/postgres.sh up DIR prints it)"
+            )
         }
         _ => {
             eprintln!("skipped: NEURSTORE_TEST_POSTGRES is not set (scripts/postgres.sh up DIR)");
@@ -57,7 +59,10 @@ pub fn client(url: &str) -> postgres::Client {
 /// The repository's `scripts/postgres.sh` with `args`; returns its last line of output.
 pub fn script(args: &[&str]) -> String {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres.sh");
-    let out = Command::new(script).args(args).output().expect("run postgres.sh");
+    let out = Command::new(script)
+        .args(args)
+        .output()
+        .expect("run postgres.sh");
     assert!(
         out.status.success(),
         "postgres.sh {args:?}: {}",
