@@ -3,8 +3,25 @@
 # Python package's tests (tests/python), run against a fresh build of it in .venv.
 #
 # The virtual environment is made once and reused; PYTHON picks the interpreter (default python3).
+#
+# The tests of stores in PostgreSQL run against a real server: NEURSTORE_TEST_POSTGRES (its
+# URL) and NEURSTORE_TEST_POSTGRES_DIR (its cluster directory) name one; when they are unset,
+# a throwaway cluster is started in target/postgres-test with scripts/postgres.sh (installing
+# PostgreSQL when run as root) and stopped at the end. Where none can be had, those tests skip,
+# except under CI (`CI` set), where they fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [[ -z "${NEURSTORE_TEST_POSTGRES:-}" ]]; then
+    pgdir="$PWD/target/postgres-test"
+    if url=$(scripts/postgres.sh up "$pgdir" | tail -n 1) && [[ -n "$url" ]]; then
+        export NEURSTORE_TEST_POSTGRES="$url" NEURSTORE_TEST_POSTGRES_DIR="$pgdir"
+        trap 'scripts/postgres.sh down "$pgdir"' EXIT
+    else
+        echo "warning: no PostgreSQL server; the tests of stores in PostgreSQL will skip" >&2
+    fi
+fi
+
 cargo test --workspace --locked "$@"
 
 echo "== Python package"

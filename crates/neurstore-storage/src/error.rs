@@ -127,6 +127,9 @@ pub enum StorageError {
     /// PostgreSQL reported an error (a store in a database).
     #[error("PostgreSQL: {}", describe_postgres(.0))]
     Postgres(postgres::Error),
+    /// The database role may not do what was asked (a store in PostgreSQL).
+    #[error("permission denied: {0}")]
+    Denied(String),
     /// The operation exists only for one kind of store.
     #[error("{0}")]
     Unsupported(String),

@@ -296,3 +296,76 @@ fn pg_dump_and_pg_restore_carry_the_models() {
     );
     assert!(store.verify(&NoProgress).unwrap().problems.is_empty());
 }
+
+#[test]
+fn grants_and_row_level_security_decide_who_sees_which_models() {
+    let Some(server) = pg::server() else { return };
+    let url = pg::fresh_database(&server, "ns_rights");
+    let dir = tempfile::tempdir().unwrap();
+    Store::init(Path::new(&url)).unwrap();
+    {
+        let store = writer(&url);
+        for (name, seed) in [("alice-model", 11), ("bob-model", 12)] {
+            let path = write(
+                dir.path(),
+                &format!("{name}.safetensors"),
+                &model(seed, 2, 0.0),
+            );
+            store
+                .put(name, &path, &PutOptions::default(), &NoProgress)
+                .unwrap();
+        }
+    }
+    // The documented example (docs/postgres.md): a reader role, and a policy showing each
+    // role the models named after it.
+    let mut admin = pg::client(&url);
+    admin
+        .batch_execute(
+            "DROP ROLE IF EXISTS alice; DROP ROLE IF EXISTS mallory;
+             CREATE ROLE alice LOGIN; CREATE ROLE mallory LOGIN;
+             GRANT USAGE ON SCHEMA neurstore, neurstore_data TO alice;
+             GRANT SELECT ON ALL TABLES IN SCHEMA neurstore, neurstore_data TO alice;
+             ALTER TABLE neurstore_data.models ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY own_models ON neurstore_data.models FOR SELECT
+                 USING (name LIKE current_user || '-%');",
+        )
+        .unwrap();
+    let as_role = |role: &str| url.replacen("postgres@", &format!("{role}@"), 1);
+    let alice = Store::open(Path::new(&as_role("alice"))).unwrap();
+    let names: Vec<String> = alice.list().unwrap().into_iter().map(|m| m.name).collect();
+    assert_eq!(names, vec!["alice-model".to_string()]);
+    assert_eq!(
+        get_bytes(&alice, "alice-model", dir.path()),
+        std::fs::read(dir.path().join("alice-model.safetensors")).unwrap()
+    );
+    let hidden = alice
+        .get("bob-model", &dir.path().join("stolen"), &NoProgress)
+        .unwrap_err();
+    assert!(hidden.to_string().contains("no model named"), "{hidden}");
+    let visible: i64 = pg::client(&as_role("alice"))
+        .query_one("SELECT count(*) FROM neurstore.models", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(visible, 1);
+    // A role without grants cannot read the store at all, nor write it.
+    let refused = Store::open(Path::new(&as_role("mallory")))
+        .err()
+        .expect("a role without grants opened the store");
+    assert!(
+        refused.to_string().contains("permission denied"),
+        "{refused}"
+    );
+    let writer_refused = Store::open_with(
+        Path::new(&as_role("alice")),
+        StoreOptions {
+            write: true,
+            ..Default::default()
+        },
+    )
+    .and_then(|s| {
+        let path = write(dir.path(), "x.safetensors", &model(13, 1, 0.0));
+        s.put("alice-x", &path, &PutOptions::default(), &NoProgress)
+    });
+    assert!(writer_refused.is_err(), "a read-only role wrote a model");
+    drop(admin);
+}

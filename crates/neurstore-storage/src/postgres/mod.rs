@@ -286,6 +286,7 @@ pub fn open(url: &str, lock: Option<LockWait>) -> Result<Arc<Mutex<PgConn>>> {
     if !schema::exists(&mut conn)? {
         return Err(StorageError::NoStore(display_url(url).into()));
     }
+    schema::check_rights(&mut conn, lock.is_some())?;
     if let Some(wait) = lock {
         take_writer_lock(&mut conn, url, wait)?;
     }

@@ -204,6 +204,32 @@ pub(crate) fn create(conn: &mut PgConn) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a role that may not read the store, or, with `write`, write it, naming what to grant.
+pub(crate) fn check_rights(conn: &mut PgConn, write: bool) -> Result<()> {
+    let row = conn.client().query_one(
+        "SELECT current_user::text, has_schema_privilege($1, 'USAGE'), \
+         has_table_privilege($1 || '.objects', 'SELECT') AND has_table_privilege($1 || '.pack_chunks', 'SELECT'), \
+         has_table_privilege($1 || '.objects', 'INSERT') AND has_table_privilege($1 || '.pack_chunks', 'INSERT') \
+         AND has_table_privilege($1 || '.models', 'INSERT')",
+        &[&DATA_SCHEMA],
+    )?;
+    let (role, usage, read, insert): (String, bool, bool, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    if !usage || !read {
+        return Err(StorageError::Denied(format!(
+            "role {role:?} may not read the store: it needs USAGE on schema {DATA_SCHEMA} and \
+             SELECT on its tables"
+        )));
+    }
+    if write && !insert {
+        return Err(StorageError::Denied(format!(
+            "role {role:?} may read the store but not write it: a writer needs INSERT, UPDATE \
+             and DELETE on the tables of schema {DATA_SCHEMA}"
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses a schema of another version.
 pub(crate) fn check_version(conn: &mut PgConn) -> Result<()> {
     let found = conn
