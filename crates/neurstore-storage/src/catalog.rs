@@ -270,6 +270,11 @@ impl Catalog {
         Catalog { db }
     }
 
+    /// Bytes the catalog takes where its database can say ([`CatalogDb::bytes`]).
+    pub fn bytes(&mut self) -> Result<Option<u64>> {
+        self.db.bytes()
+    }
+
     /// Writes the write-ahead log back into the database file and empties it.
     pub fn checkpoint(&mut self) -> Result<()> {
         self.db.checkpoint()

@@ -121,8 +121,6 @@ pub struct Engine {
     pub(crate) store_id: Mutex<[u8; 16]>,
     index: Mutex<Option<TensorIndex>>,
     index_rebuilds: std::sync::atomic::AtomicU64,
-    /// The catalog connection of a store in PostgreSQL (`None`: a store directory).
-    database: Option<Arc<Mutex<crate::postgres::PgConn>>>,
 }
 
 const INDEX_FILE: &str = "index.hnsw";
@@ -141,6 +139,11 @@ pub(crate) fn new_store_id(root: &Path) -> [u8; 16] {
     h.update(&now.as_nanos().to_le_bytes());
     h.update(&(&h as *const _ as usize).to_le_bytes());
     h.finalize().as_bytes()[..16].try_into().expect("16 bytes")
+}
+
+/// A fresh random store id, in hex (a store in a database takes one at `init`).
+pub fn new_store_id_hex(label: &Path) -> String {
+    hex(&new_store_id(label))
 }
 
 /// Hex spelling of a store id.
@@ -275,7 +278,7 @@ impl Engine {
             }
             other => other.in_store(root, "open"),
         })?;
-        Self::assemble(root.to_path_buf(), catalog, backend, lock, None, options)
+        Self::assemble(root.to_path_buf(), catalog, backend, lock, options)
     }
 
     /// Opens the store in the PostgreSQL database at `url`: its catalog on one connection
@@ -288,7 +291,19 @@ impl Engine {
             Arc::new(crate::postgres::blobs::PgBackend::new(url)) as Arc<dyn Backend>
         });
         let root = PathBuf::from(crate::postgres::display_url(url));
-        Self::assemble(root, catalog, backend, None, Some(conn), options)
+        Self::assemble(root, catalog, backend, None, options)
+    }
+
+    /// Opens a store over a catalog database and a backend the caller made (the PostgreSQL
+    /// extension's, inside the server); `label` names it in messages. The caller serializes
+    /// writers: no lock is taken here.
+    pub fn open_parts(
+        label: PathBuf,
+        db: Box<dyn crate::sql::CatalogDb>,
+        backend: Arc<dyn Backend>,
+        options: EngineOptions,
+    ) -> Result<(Self, RecoveryReport)> {
+        Self::assemble(label, Catalog::from_db(db), backend, None, options)
     }
 
     /// The engine over an open catalog and backend; a writer (`options.write`) runs recovery.
@@ -297,7 +312,6 @@ impl Engine {
         mut catalog: Catalog,
         backend: Arc<dyn Backend>,
         lock: Option<WriterLock>,
-        database: Option<Arc<Mutex<crate::postgres::PgConn>>>,
         options: EngineOptions,
     ) -> Result<(Self, RecoveryReport)> {
         let (format, store_id) = {
@@ -333,7 +347,6 @@ impl Engine {
                     max_pack_len: options.max_pack_len,
                 })
             }),
-            database,
         };
         let report = if engine.writer.is_some() {
             engine.recover()?
@@ -508,10 +521,13 @@ impl Engine {
                 pack_bytes += file.len().map_err(|e| StorageError::io(&name, e))?;
             }
         }
-        let catalog_bytes = match &self.database {
-            Some(conn) => crate::postgres::catalog_bytes(conn)?,
-            None => Catalog::file_bytes(&self.root.join(CATALOG_FILE)),
-        };
+        let measured = self
+            .catalog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .bytes()?;
+        let catalog_bytes =
+            measured.unwrap_or_else(|| Catalog::file_bytes(&self.root.join(CATALOG_FILE)));
         Ok(DiskUsage {
             pack_bytes,
             catalog_bytes,

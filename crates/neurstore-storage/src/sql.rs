@@ -168,6 +168,9 @@ pub trait Sql {
     /// Runs a statement and returns the number of rows it changed.
     fn execute(&self, sql: &str, params: &[Value]) -> Result<u64>;
 
+    /// Runs SQL text of one or more statements without parameters (DDL, transaction control).
+    fn batch(&self, sql: &str) -> Result<()>;
+
     /// The first row of a query, if any.
     fn query_opt(&self, sql: &str, params: &[Value]) -> Result<Option<Row>> {
         Ok(self.query(sql, params)?.into_iter().next())
@@ -198,6 +201,12 @@ pub trait CatalogDb: Send {
     /// Folds any log back into the main database file (SQLite's WAL); nothing elsewhere.
     fn checkpoint(&mut self) -> Result<()> {
         Ok(())
+    }
+
+    /// Bytes the catalog takes where the database can say (a store in PostgreSQL: its tables
+    /// with TOAST and indexes); `None` for SQLite, whose file the engine measures itself.
+    fn bytes(&mut self) -> Result<Option<u64>> {
+        Ok(None)
     }
 }
 

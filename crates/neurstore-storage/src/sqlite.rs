@@ -48,6 +48,10 @@ impl Sql for Connection {
         let mut stmt = self.prepare_cached(sql)?;
         Ok(stmt.execute(rusqlite::params_from_iter(params))? as u64)
     }
+
+    fn batch(&self, sql: &str) -> Result<()> {
+        Ok(self.execute_batch(sql)?)
+    }
 }
 
 /// A transaction on an SQLite catalog.
@@ -60,6 +64,10 @@ impl Sql for SqliteTxn<'_> {
 
     fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
         Sql::execute(&*self.0, sql, params)
+    }
+
+    fn batch(&self, sql: &str) -> Result<()> {
+        Sql::batch(&*self.0, sql)
     }
 }
 

@@ -115,6 +115,39 @@ impl Store {
         Ok(Engine::init(root)?)
     }
 
+    /// Creates an empty store in a PostgreSQL database through `db` (the server's own connection,
+    /// inside the caller's transaction: the PostgreSQL extension); `label` names it in errors.
+    pub fn init_in_database(
+        db: Box<dyn neurstore_storage::sql::CatalogDb>,
+        label: &Path,
+    ) -> Result<()> {
+        let id: String = neurstore_storage::engine::new_store_id_hex(label);
+        Ok(neurstore_storage::postgres::init_in(db, label, &id)?)
+    }
+
+    /// Opens the store in a database over a catalog database and a pack backend the caller
+    /// made (the PostgreSQL extension's). The caller serializes writers (`options.wait` and
+    /// the lock file do not apply).
+    pub fn open_in_database(
+        label: &Path,
+        db: Box<dyn neurstore_storage::sql::CatalogDb>,
+        backend: std::sync::Arc<dyn neurstore_storage::backend::Backend>,
+        options: StoreOptions,
+    ) -> Result<Store> {
+        let engine_options = EngineOptions {
+            write: options.write,
+            backend: None,
+            read_only: options.read_only,
+            max_pack_len: options
+                .max_pack_len
+                .unwrap_or(neurstore_storage::engine::DEFAULT_MAX_PACK_LEN),
+            ..Default::default()
+        };
+        let (engine, recovery) =
+            Engine::open_parts(label.to_path_buf(), db, backend, engine_options)?;
+        Ok(Self::over(engine, recovery, options.base_cache_bytes))
+    }
+
     /// Opens a store for reading only: it takes no lock and writes nothing, so it works on a
     /// store the user can read but not write.
     pub fn open(root: &Path) -> Result<Store> {
@@ -156,14 +189,21 @@ impl Store {
         if let Some(len) = options.max_pack_len {
             engine_options.max_pack_len = len;
         }
+        let base_cache_bytes = options.base_cache_bytes;
         let (engine, recovery) = Engine::open(root, engine_options)?;
-        let cache = decode::BaseCache::new(options.base_cache_bytes.unwrap_or(1 << 30));
-        Ok(Store {
+        Ok(Self::over(engine, recovery, base_cache_bytes))
+    }
+
+    /// The store over an opened engine, with a cache of decoded bases of that many bytes
+    /// (default 1 GiB).
+    fn over(engine: Engine, recovery: RecoveryReport, base_cache_bytes: Option<u64>) -> Store {
+        let cache = decode::BaseCache::new(base_cache_bytes.unwrap_or(1 << 30));
+        Store {
             engine,
             recovery,
             open_recovery_reported: std::sync::atomic::AtomicBool::new(false),
             base_cache: std::sync::Mutex::new(cache),
-        })
+        }
     }
 
     /// Counters of the cache of decoded bases this handle shares between reads: a model

@@ -12,24 +12,50 @@ use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use postgres::Client;
-
 use crate::backend::{Backend, StorageFile};
+use crate::error::StorageError;
+use crate::sql::{Sql, Value, params};
 
 /// Bytes per chunk row.
 pub const CHUNK: u64 = 1 << 20;
 
-/// Blob connections kept open for reuse.
-const MAX_IDLE: usize = 8;
-
-fn pg_io(e: postgres::Error) -> io::Error {
-    io::Error::other(crate::error::describe_postgres(&e))
+/// Runs SQL against the database holding the chunks: each call to [`SqlRunner::run`] is one
+/// transaction of its own (a client connection), or part of the caller's (inside the server).
+pub trait SqlRunner: Send + Sync {
+    /// Runs `f`; its statements take effect together or not at all.
+    fn run(&self, f: &mut dyn FnMut(&dyn Sql) -> crate::Result<()>) -> crate::Result<()>;
 }
 
-/// Connections to one database, opened on demand and reused.
+fn to_io(e: StorageError) -> io::Error {
+    match e {
+        StorageError::Io { source, .. } => source,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// Runs `f` through `runner`, returning what it produced.
+fn with<T>(
+    runner: &dyn SqlRunner,
+    mut f: impl FnMut(&dyn Sql) -> crate::Result<T>,
+) -> io::Result<T> {
+    let mut out = None;
+    runner
+        .run(&mut |sql| {
+            out = Some(f(sql)?);
+            Ok(())
+        })
+        .map_err(to_io)?;
+    Ok(out.expect("run calls f once when it succeeds"))
+}
+
+/// Blob connections of a client kept open for reuse.
+const MAX_IDLE: usize = 8;
+
+/// Client connections to one database, opened on demand and reused; each run is one
+/// transaction.
 pub struct Pool {
     url: String,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<super::PgConn>>,
 }
 
 impl Pool {
@@ -40,36 +66,52 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
         }
     }
+}
 
-    /// Runs `f` on a connection of the pool (a broken one is dropped, not returned).
-    fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>) -> io::Result<T> {
+impl SqlRunner for Pool {
+    fn run(&self, f: &mut dyn FnMut(&dyn Sql) -> crate::Result<()>) -> crate::Result<()> {
         let taken = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut client = match taken {
+        let conn = match taken {
             Some(c) => c,
-            None => super::connect(&self.url).map_err(|e| io::Error::other(e.to_string()))?,
+            None => super::PgConn::new(super::connect(&self.url)?),
         };
-        let result = f(&mut client);
-        if !client.is_closed() {
+        let conn = Mutex::new(conn);
+        let result = {
+            // Dropped uncommitted on an error: rolled back.
+            let txn = super::PgTxn::begin(&conn, "BEGIN")?;
+            match f(&txn) {
+                Ok(()) => Box::new(txn).commit_txn(),
+                Err(e) => Err(e),
+            }
+        };
+        let mut conn = conn.into_inner().unwrap_or_else(|e| e.into_inner());
+        if !conn.client().is_closed() {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() < MAX_IDLE {
-                idle.push(client);
+                idle.push(conn);
             }
         }
-        result.map_err(pg_io)
+        result
     }
 }
 
-/// The pack files of a store in PostgreSQL.
-pub struct PgBackend {
-    pool: Arc<Pool>,
+/// Pack files as rows of `pack_files` and `pack_chunks`, through a [`SqlRunner`].
+pub struct ChunkBackend {
+    runner: Arc<dyn SqlRunner>,
 }
 
-impl PgBackend {
-    /// The backend of the store at `url`.
+/// The pack files of a store in PostgreSQL, reached as a client.
+pub type PgBackend = ChunkBackend;
+
+impl ChunkBackend {
+    /// The backend of the store at `url`, over client connections of its own.
     pub fn new(url: &str) -> Self {
-        PgBackend {
-            pool: Arc::new(Pool::new(url)),
-        }
+        Self::over(Arc::new(Pool::new(url)))
+    }
+
+    /// The backend over any runner (the server side runs inside the caller's transaction).
+    pub fn over(runner: Arc<dyn SqlRunner>) -> Self {
+        ChunkBackend { runner }
     }
 }
 
@@ -77,34 +119,40 @@ fn not_found(name: &str) -> io::Error {
     io::Error::new(io::ErrorKind::NotFound, format!("no pack file {name}"))
 }
 
-impl Backend for PgBackend {
+/// A file's length as the database records it.
+fn file_len(sql: &dyn Sql, name: &str) -> crate::Result<Option<u64>> {
+    sql.query_opt("SELECT len FROM pack_files WHERE name = ?1", params![name])?
+        .map(|r| Ok(r.get::<i64>(0)? as u64))
+        .transpose()
+}
+
+impl Backend for ChunkBackend {
     fn open(&self, name: &str, create: bool) -> io::Result<Arc<dyn StorageFile>> {
-        let len = self.pool.with(|c| {
+        let len = with(&*self.runner, |sql| {
             if create {
-                c.execute(
-                    "INSERT INTO pack_files (name, len) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING",
-                    &[&name],
+                sql.execute(
+                    "INSERT INTO pack_files (name, len) VALUES (?1, 0) ON CONFLICT (name) DO NOTHING",
+                    params![name],
                 )?;
             }
-            c.query_opt("SELECT len FROM pack_files WHERE name = $1", &[&name])
-                .map(|r| r.map(|r| r.get::<_, i64>(0)))
+            file_len(sql, name)
         })?;
         let len = len.ok_or_else(|| not_found(name))?;
-        Ok(Arc::new(PgFile {
-            pool: self.pool.clone(),
+        Ok(Arc::new(ChunkFile {
+            runner: self.runner.clone(),
             name: name.to_string(),
             state: Mutex::new(FileState {
-                len: len as u64,
-                synced_len: len as u64,
+                len,
+                synced_len: len,
                 dirty: BTreeMap::new(),
             }),
         }))
     }
 
     fn remove(&self, name: &str) -> io::Result<()> {
-        let n = self
-            .pool
-            .with(|c| c.execute("DELETE FROM pack_files WHERE name = $1", &[&name]))?;
+        let n = with(&*self.runner, |sql| {
+            sql.execute("DELETE FROM pack_files WHERE name = ?1", params![name])
+        })?;
         if n == 0 {
             return Err(not_found(name));
         }
@@ -112,27 +160,26 @@ impl Backend for PgBackend {
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        self.pool.with(|c| {
-            let mut tx = c.transaction()?;
-            tx.execute("DELETE FROM pack_files WHERE name = $1", &[&to])?;
-            tx.execute(
-                "UPDATE pack_files SET name = $2 WHERE name = $1",
-                &[&from, &to],
+        with(&*self.runner, |sql| {
+            sql.execute("DELETE FROM pack_files WHERE name = ?1", params![to])?;
+            sql.execute(
+                "UPDATE pack_files SET name = ?2 WHERE name = ?1",
+                params![from, to],
             )?;
-            tx.commit()
+            Ok(())
         })
     }
 
     fn list(&self) -> io::Result<Vec<String>> {
-        self.pool.with(|c| {
-            Ok(c.query("SELECT name FROM pack_files ORDER BY name", &[])?
+        with(&*self.runner, |sql| {
+            sql.query("SELECT name FROM pack_files ORDER BY name", &[])?
                 .iter()
                 .map(|r| r.get(0))
-                .collect())
+                .collect()
         })
     }
 
-    /// Every statement commits on its own: nothing more to make durable.
+    /// Every statement is WAL-logged and committed with its transaction: nothing more to do.
     fn sync_dir(&self) -> io::Result<()> {
         Ok(())
     }
@@ -148,13 +195,13 @@ struct FileState {
 }
 
 /// One open pack file.
-struct PgFile {
-    pool: Arc<Pool>,
+struct ChunkFile {
+    runner: Arc<dyn SqlRunner>,
     name: String,
     state: Mutex<FileState>,
 }
 
-impl PgFile {
+impl ChunkFile {
     fn state(&self) -> std::sync::MutexGuard<'_, FileState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -165,11 +212,8 @@ impl PgFile {
         if !state.dirty.is_empty() || state.len != state.synced_len {
             return Ok(());
         }
-        let len: Option<i64> = self.pool.with(|c| {
-            c.query_opt("SELECT len FROM pack_files WHERE name = $1", &[&self.name])
-                .map(|r| r.map(|r| r.get(0)))
-        })?;
-        let len = len.ok_or_else(|| not_found(&self.name))? as u64;
+        let len = with(&*self.runner, |sql| file_len(sql, &self.name))?
+            .ok_or_else(|| not_found(&self.name))?;
         state.len = len;
         state.synced_len = len;
         Ok(())
@@ -177,17 +221,14 @@ impl PgFile {
 
     /// Bytes `[start, start + len)` of chunk `chunk` as the database holds them.
     fn read_chunk(&self, chunk: u64, start: u64, len: u64) -> io::Result<Vec<u8>> {
-        let bytes: Option<Vec<u8>> = self.pool.with(|c| {
-            c.query_opt(
-                "SELECT substring(bytes FROM $3 FOR $4) FROM pack_chunks WHERE name = $1 AND chunk = $2",
-                &[
-                    &self.name,
-                    &(chunk as i64),
-                    &(start as i32 + 1),
-                    &(len as i32),
-                ],
-            )
-            .map(|r| r.map(|r| r.get(0)))
+        let bytes: Option<Vec<u8>> = with(&*self.runner, |sql| {
+            sql.query_opt(
+                "SELECT substring(bytes FROM CAST(?3 AS integer) FOR CAST(?4 AS integer)) \
+                 FROM pack_chunks WHERE name = ?1 AND chunk = ?2",
+                params![&self.name, chunk, start + 1, len],
+            )?
+            .map(|r| r.get(0))
+            .transpose()
         })?;
         let bytes = bytes.unwrap_or_default();
         if (bytes.len() as u64) < len {
@@ -216,22 +257,25 @@ impl PgFile {
             .map(|i| (*i, state.dirty.remove(i).expect("listed above")))
             .collect();
         let len = state.len;
-        self.pool.with(|c| {
-            let mut tx = c.transaction()?;
+        with(&*self.runner, |sql| {
             for (i, bytes) in &chunks {
-                tx.execute(
-                    "INSERT INTO pack_chunks (name, chunk, bytes) VALUES ($1, $2, $3) \
+                sql.execute(
+                    "INSERT INTO pack_chunks (name, chunk, bytes) VALUES (?1, ?2, ?3) \
                      ON CONFLICT (name, chunk) DO UPDATE SET bytes = EXCLUDED.bytes",
-                    &[&self.name, &(*i as i64), bytes],
+                    &[
+                        Value::from(&self.name),
+                        Value::from(*i),
+                        Value::Blob(bytes.clone()),
+                    ],
                 )?;
             }
             if all {
-                tx.execute(
-                    "UPDATE pack_files SET len = $2 WHERE name = $1",
-                    &[&self.name, &(len as i64)],
+                sql.execute(
+                    "UPDATE pack_files SET len = ?2 WHERE name = ?1",
+                    params![&self.name, len],
                 )?;
             }
-            tx.commit()
+            Ok(())
         })?;
         if all {
             state.synced_len = len;
@@ -240,7 +284,7 @@ impl PgFile {
     }
 }
 
-impl Drop for PgFile {
+impl Drop for ChunkFile {
     /// Writes back what was never synced, as a file system writes back its cache: the bytes
     /// may or may not be there after a crash, and nothing relies on them until synced.
     fn drop(&mut self) {
@@ -249,7 +293,7 @@ impl Drop for PgFile {
     }
 }
 
-impl StorageFile for PgFile {
+impl StorageFile for ChunkFile {
     fn len(&self) -> io::Result<u64> {
         let mut state = self.state();
         self.refresh(&mut state)?;
@@ -322,25 +366,24 @@ impl StorageFile for PgFile {
             bytes.resize(((len - i * CHUNK).min(CHUNK)) as usize, 0);
         }
         let last = len.div_ceil(CHUNK);
-        let keep = (len - last.saturating_sub(1) * CHUNK) as i32;
-        self.pool.with(|c| {
-            let mut tx = c.transaction()?;
-            tx.execute(
-                "DELETE FROM pack_chunks WHERE name = $1 AND chunk >= $2",
-                &[&self.name, &(last as i64)],
+        let keep = len - last.saturating_sub(1) * CHUNK;
+        with(&*self.runner, |sql| {
+            sql.execute(
+                "DELETE FROM pack_chunks WHERE name = ?1 AND chunk >= ?2",
+                params![&self.name, last],
             )?;
             if last > 0 {
-                tx.execute(
-                    "UPDATE pack_chunks SET bytes = substring(bytes FROM 1 FOR $3) \
-                     WHERE name = $1 AND chunk = $2 AND length(bytes) > $3",
-                    &[&self.name, &(last as i64 - 1), &keep],
+                sql.execute(
+                    "UPDATE pack_chunks SET bytes = substring(bytes FROM 1 FOR CAST(?3 AS integer)) \
+                     WHERE name = ?1 AND chunk = ?2 AND length(bytes) > ?3",
+                    params![&self.name, last - 1, keep],
                 )?;
             }
-            tx.execute(
-                "UPDATE pack_files SET len = $2 WHERE name = $1",
-                &[&self.name, &(len as i64)],
+            sql.execute(
+                "UPDATE pack_files SET len = ?2 WHERE name = ?1",
+                params![&self.name, len],
             )?;
-            tx.commit()
+            Ok(())
         })?;
         state.len = len;
         state.synced_len = len;

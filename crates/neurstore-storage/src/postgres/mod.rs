@@ -13,17 +13,19 @@ mod schema;
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use postgres::{Client, NoTls, Statement};
 
+use crate::catalog::Queries;
 use crate::error::{Result, StorageError};
 use crate::lock::LockWait;
 use crate::sql::{CatalogDb, Row, Sql, SqlTxn, Value};
 
-pub use schema::{DATA_SCHEMA, SCHEMA_VERSION};
+pub use schema::{DATA_SCHEMA, SCHEMA_VERSION, catalog_bytes, check_rights, check_version};
 
 /// The advisory lock a writer holds (`pg_advisory_lock`), one per database.
 pub const WRITER_LOCK_KEY: i64 = 0x6e65_7572_7374_6f72; // "neurstor"
@@ -191,32 +193,66 @@ impl PgConn {
     }
 }
 
-/// A transaction on the catalog connection; rolled back when dropped uncommitted.
-struct PgTxn<'c> {
+/// A transaction on a connection; rolled back when dropped uncommitted.
+pub(crate) struct PgTxn<'c> {
     conn: &'c Mutex<PgConn>,
     done: bool,
 }
 
-impl PgTxn<'_> {
+impl<'c> PgTxn<'c> {
+    /// Starts a transaction with `how` (`BEGIN ...`).
+    pub(crate) fn begin(conn: &'c Mutex<PgConn>, how: &str) -> Result<Self> {
+        conn.lock().unwrap_or_else(|e| e.into_inner()).batch(how)?;
+        Ok(PgTxn { conn, done: false })
+    }
+
     fn conn(&self) -> std::sync::MutexGuard<'_, PgConn> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Commits.
+    pub(crate) fn commit_txn(mut self: Box<Self>) -> Result<()> {
+        self.done = true;
+        self.conn().batch("COMMIT")
+    }
+}
+
+/// Statements on a connection outside any transaction each commit on their own.
+impl Sql for Mutex<PgConn> {
+    fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        self.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .query(sql, params)
+    }
+
+    fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
+        self.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .execute(sql, params)
+    }
+
+    fn batch(&self, sql: &str) -> Result<()> {
+        self.lock().unwrap_or_else(|e| e.into_inner()).batch(sql)
     }
 }
 
 impl Sql for PgTxn<'_> {
     fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        self.conn().query(sql, params)
+        self.conn.query(sql, params)
     }
 
     fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
-        self.conn().execute(sql, params)
+        self.conn.execute(sql, params)
+    }
+
+    fn batch(&self, sql: &str) -> Result<()> {
+        Sql::batch(self.conn, sql)
     }
 }
 
 impl SqlTxn for PgTxn<'_> {
-    fn commit(mut self: Box<Self>) -> Result<()> {
-        self.done = true;
-        self.conn().batch("COMMIT")
+    fn commit(self: Box<Self>) -> Result<()> {
+        self.commit_txn()
     }
 }
 
@@ -241,14 +277,7 @@ impl PgCatalog {
     }
 
     fn begin(&mut self, how: &str) -> Result<Box<dyn SqlTxn + '_>> {
-        self.conn
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .batch(how)?;
-        Ok(Box::new(PgTxn {
-            conn: &self.conn,
-            done: false,
-        }))
+        Ok(Box::new(PgTxn::begin(&self.conn, how)?))
     }
 }
 
@@ -261,37 +290,56 @@ impl CatalogDb for PgCatalog {
     fn write(&mut self) -> Result<Box<dyn SqlTxn + '_>> {
         self.begin("BEGIN ISOLATION LEVEL READ COMMITTED")
     }
+
+    fn bytes(&mut self) -> Result<Option<u64>> {
+        schema::catalog_bytes(&*self.conn).map(Some)
+    }
 }
 
 /// Creates the store's schema in the database at `url`; the database must hold none yet.
 pub fn init(url: &str, store_id: &str) -> Result<()> {
-    let mut conn = PgConn::new(connect(url)?);
-    if schema::exists(&mut conn)? {
-        return Err(StorageError::AlreadyExists(display_url(url).into()));
-    }
-    conn.batch("BEGIN")?;
-    schema::create(&mut conn)?;
-    conn.batch("COMMIT")?;
-    let conn = Arc::new(Mutex::new(conn));
-    let mut catalog = crate::catalog::Catalog::from_db(Box::new(PgCatalog::new(conn)));
+    let conn = Arc::new(Mutex::new(PgConn::new(connect(url)?)));
+    init_in(
+        Box::new(PgCatalog::new(conn)),
+        Path::new(&display_url(url)),
+        store_id,
+    )
+}
+
+/// Creates the store's tables and views through `db` (a client connection, or the server's own
+/// inside the caller's transaction) in one transaction, with store id `store_id` (hex); the
+/// database, named `label` in errors, must hold none yet.
+pub fn init_in(db: Box<dyn CatalogDb>, label: &Path, store_id: &str) -> Result<()> {
+    let mut catalog = crate::catalog::Catalog::from_db(db);
     let tx = catalog.write()?;
+    if schema::exists(tx.sql())? {
+        return Err(StorageError::AlreadyExists(label.to_path_buf()));
+    }
+    schema::create(tx.sql())?;
     tx.init_store_meta(store_id)?;
     tx.commit()
 }
 
-/// Opens the catalog connection of the store at `url`, checking its schema version; with
-/// `lock`, takes the writer lock on it first (waiting as `wait` allows).
-pub fn open(url: &str, lock: Option<LockWait>) -> Result<Arc<Mutex<PgConn>>> {
-    let mut conn = PgConn::new(connect(url)?);
-    if !schema::exists(&mut conn)? {
-        return Err(StorageError::NoStore(display_url(url).into()));
+/// Checks that the database (named `label` in errors) holds a store of this build's schema
+/// that the current role may read, or, with `write`, write.
+pub fn check_store(sql: &dyn Sql, label: &Path, write: bool) -> Result<()> {
+    if !schema::exists(sql)? {
+        return Err(StorageError::NoStore(label.to_path_buf()));
     }
-    schema::check_rights(&mut conn, lock.is_some())?;
+    schema::check_rights(sql, write)?;
+    schema::check_version(sql)
+}
+
+/// Opens the catalog connection of the store at `url`, checking it ([`check_store`]); with
+/// `lock`, takes the writer lock on it (waiting as `wait` allows).
+pub fn open(url: &str, lock: Option<LockWait>) -> Result<Arc<Mutex<PgConn>>> {
+    let conn = Mutex::new(PgConn::new(connect(url)?));
+    check_store(&conn, Path::new(&display_url(url)), lock.is_some())?;
     if let Some(wait) = lock {
+        let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
         take_writer_lock(&mut conn, url, wait)?;
     }
-    schema::check_version(&mut conn)?;
-    Ok(Arc::new(Mutex::new(conn)))
+    Ok(Arc::new(conn))
 }
 
 fn take_writer_lock(conn: &mut PgConn, url: &str, wait: LockWait) -> Result<()> {
@@ -325,12 +373,6 @@ fn take_writer_lock(conn: &mut PgConn, url: &str, wait: LockWait) -> Result<()> 
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-}
-
-/// Bytes the catalog's tables take in the database (tables, TOAST and indexes).
-pub fn catalog_bytes(conn: &Mutex<PgConn>) -> Result<u64> {
-    let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-    schema::relation_bytes(&mut conn, schema::CATALOG_TABLES)
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! [`SCHEMA_VERSION`], column for column, so one set of queries serves both) plus the pack
 //! files and their chunks.
 
-use super::PgConn;
 use crate::error::{Result, StorageError};
+use crate::sql::{Sql, params};
 
 /// The schema holding the store's tables.
 pub const DATA_SCHEMA: &str = "neurstore_data";
@@ -182,39 +182,45 @@ SELECT m.name AS model,
 "#;
 
 /// True when the database holds the store's schema.
-pub(crate) fn exists(conn: &mut PgConn) -> Result<bool> {
-    Ok(conn
-        .client()
+pub fn exists(sql: &dyn Sql) -> Result<bool> {
+    let n: i64 = sql
         .query_one(
-            "SELECT count(*) FROM pg_namespace WHERE nspname = $1",
-            &[&DATA_SCHEMA],
+            "SELECT count(*) FROM pg_namespace WHERE nspname = ?1",
+            params![DATA_SCHEMA],
         )?
-        .get::<_, i64>(0)
-        > 0)
+        .get(0)?;
+    Ok(n > 0)
 }
 
-/// Creates the tables (inside the caller's transaction).
-pub(crate) fn create(conn: &mut PgConn) -> Result<()> {
-    conn.batch(CREATE)?;
-    conn.batch(VIEWS)?;
-    conn.execute(
-        "INSERT INTO store_meta (key, value) VALUES ('schema_version', ?1)",
-        &[SCHEMA_VERSION.to_string().into()],
+/// Creates the tables and views (inside the caller's transaction).
+pub fn create(sql: &dyn Sql) -> Result<()> {
+    sql.batch(CREATE)?;
+    sql.batch(VIEWS)?;
+    sql.execute(
+        "INSERT INTO neurstore_data.store_meta (key, value) VALUES ('schema_version', ?1)",
+        params![SCHEMA_VERSION.to_string()],
     )?;
     Ok(())
 }
 
 /// Refuses a role that may not read the store, or, with `write`, write it, naming what to grant.
-pub(crate) fn check_rights(conn: &mut PgConn, write: bool) -> Result<()> {
-    let row = conn.client().query_one(
-        "SELECT current_user::text, has_schema_privilege($1, 'USAGE'), \
-         has_table_privilege($1 || '.objects', 'SELECT') AND has_table_privilege($1 || '.pack_chunks', 'SELECT'), \
-         has_table_privilege($1 || '.objects', 'INSERT') AND has_table_privilege($1 || '.pack_chunks', 'INSERT') \
-         AND has_table_privilege($1 || '.models', 'INSERT')",
-        &[&DATA_SCHEMA],
+pub fn check_rights(sql: &dyn Sql, write: bool) -> Result<()> {
+    let row = sql.query_one(
+        "SELECT CAST(current_user AS text), \
+         CAST(has_schema_privilege(?1, 'USAGE') AS bigint), \
+         CAST(has_table_privilege(?1 || '.objects', 'SELECT') \
+              AND has_table_privilege(?1 || '.pack_chunks', 'SELECT') AS bigint), \
+         CAST(has_table_privilege(?1 || '.objects', 'INSERT') \
+              AND has_table_privilege(?1 || '.pack_chunks', 'INSERT') \
+              AND has_table_privilege(?1 || '.models', 'INSERT') AS bigint)",
+        params![DATA_SCHEMA],
     )?;
-    let (role, usage, read, insert): (String, bool, bool, bool) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let role: String = row.get(0)?;
+    let (usage, read, insert) = (
+        row.get::<i64>(1)? != 0,
+        row.get::<i64>(2)? != 0,
+        row.get::<i64>(3)? != 0,
+    );
     if !usage || !read {
         return Err(StorageError::Denied(format!(
             "role {role:?} may not read the store: it needs USAGE on schema {DATA_SCHEMA} and \
@@ -231,13 +237,12 @@ pub(crate) fn check_rights(conn: &mut PgConn, write: bool) -> Result<()> {
 }
 
 /// Refuses a schema of another version.
-pub(crate) fn check_version(conn: &mut PgConn) -> Result<()> {
-    let found = conn
-        .query(
-            "SELECT value FROM store_meta WHERE key = 'schema_version'",
+pub fn check_version(sql: &dyn Sql) -> Result<()> {
+    let found = sql
+        .query_opt(
+            "SELECT value FROM neurstore_data.store_meta WHERE key = 'schema_version'",
             &[],
         )?
-        .first()
         .map(|r| r.get::<String>(0))
         .transpose()?
         .and_then(|v| v.parse::<i64>().ok());
@@ -254,19 +259,21 @@ pub(crate) fn check_version(conn: &mut PgConn) -> Result<()> {
     }
 }
 
-/// Total bytes of `tables` (with their TOAST and indexes).
-pub(crate) fn relation_bytes(conn: &mut PgConn, tables: &[&str]) -> Result<u64> {
-    let names: Vec<String> = tables
+/// Total bytes of the catalog's tables (with their TOAST and indexes).
+pub fn catalog_bytes(sql: &dyn Sql) -> Result<u64> {
+    let names = CATALOG_TABLES
         .iter()
-        .map(|t| format!("{DATA_SCHEMA}.{t}"))
-        .collect();
-    let total: i64 = conn
-        .client()
+        .map(|t| format!("'{DATA_SCHEMA}.{t}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let total: i64 = sql
         .query_one(
-            "SELECT CAST(coalesce(sum(pg_total_relation_size(CAST(n AS regclass))), 0) AS bigint) \
-             FROM unnest(CAST($1 AS text[])) AS n",
-            &[&names],
+            &format!(
+                "SELECT CAST(coalesce(sum(pg_total_relation_size(CAST(n AS regclass))), 0) AS bigint) \
+                 FROM unnest(ARRAY[{names}]) AS n"
+            ),
+            &[],
         )?
-        .get(0);
+        .get(0)?;
     Ok(total as u64)
 }
