@@ -206,13 +206,13 @@ pub fn create(sql: &dyn Sql) -> Result<()> {
 /// Refuses a role that may not read the store, or, with `write`, write it, naming what to grant.
 pub fn check_rights(sql: &dyn Sql, write: bool) -> Result<()> {
     let row = sql.query_one(
-        "SELECT CAST(current_user AS text), \
-         CAST(has_schema_privilege(?1, 'USAGE') AS bigint), \
-         CAST(has_table_privilege(?1 || '.objects', 'SELECT') \
-              AND has_table_privilege(?1 || '.pack_chunks', 'SELECT') AS bigint), \
-         CAST(has_table_privilege(?1 || '.objects', 'INSERT') \
-              AND has_table_privilege(?1 || '.pack_chunks', 'INSERT') \
-              AND has_table_privilege(?1 || '.models', 'INSERT') AS bigint)",
+        // Booleans come back as integers (`Value::Int`).
+        "SELECT CAST(current_user AS text), has_schema_privilege(?1, 'USAGE'), \
+         has_table_privilege(?1 || '.objects', 'SELECT') \
+             AND has_table_privilege(?1 || '.pack_chunks', 'SELECT'), \
+         has_table_privilege(?1 || '.objects', 'INSERT') \
+             AND has_table_privilege(?1 || '.pack_chunks', 'INSERT') \
+             AND has_table_privilege(?1 || '.models', 'INSERT')",
         params![DATA_SCHEMA],
     )?;
     let role: String = row.get(0)?;
