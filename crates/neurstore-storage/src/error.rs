@@ -143,9 +143,10 @@ impl From<postgres::Error> for StorageError {
 
 /// A PostgreSQL error as the server words it, with its SQLSTATE, or the client's own words.
 pub fn describe_postgres(e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => e.to_string(),
+    match (e.as_db_error(), std::error::Error::source(e)) {
+        (Some(db), _) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        (None, Some(cause)) => format!("{e}: {cause}"),
+        (None, None) => e.to_string(),
     }
 }
 
