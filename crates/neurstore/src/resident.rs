@@ -173,15 +173,32 @@ impl Store {
         self.with_retry(|| {
             let snap = self.snapshot(name)?;
             self.check_headers(&snap)?;
-            let tensors = snap
+            let view_files = self.view_files(&snap)?;
+            let viewed: std::collections::HashSet<&str> =
+                view_files.iter().map(|f| f.path.as_str()).collect();
+            let mut tensors = snap
                 .tensors
                 .par_iter()
+                .filter(|t| !viewed.contains(t.path.as_str()))
                 .map(|t| {
                     let what = format!("model {name:?} tensor {:?}", t.name);
                     let tensor = self.resident_tensor(&t.object, bases, options, &what)?;
                     Ok((t.name.clone(), tensor))
                 })
                 .collect::<Result<BTreeMap<_, _>>>()?;
+            // PyTorch views (tied weights, slices): decoded and made contiguous.
+            for file in &view_files {
+                for (view, bytes) in self.materialize_views(&snap, file)? {
+                    let dtype = view.element.storage_dtype();
+                    tensors.insert(
+                        view.name,
+                        ResidentTensor {
+                            shape: view.shape,
+                            weight: ResidentWeight::from_bytes(dtype, &bytes),
+                        },
+                    );
+                }
+            }
             Ok(ResidentModel {
                 name: name.to_string(),
                 tensors,
