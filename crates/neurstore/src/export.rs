@@ -215,6 +215,25 @@ impl Store {
         Ok(written)
     }
 
+    /// A container file of a snapshot rebuilt in memory, byte for byte.
+    pub(crate) fn container_bytes(&self, snap: &Snapshot, file: &FileRow) -> Result<Vec<u8>> {
+        let what = format!("model {:?} file {:?}", snap.model.name, file.path);
+        let head = self.decode_object(&file.object, &what)?;
+        let tensors = snap.tensors_of(&file.path);
+        let sk = crate::containers::decode_checked(&head, &tensors, &what)?;
+        let len = usize::try_from(sk.layout.file_len)
+            .map_err(|_| StorageError::corrupt(&what, "too large for this machine"))?;
+        let mut out = Vec::with_capacity(len);
+        let mut splice = Splice::new(&sk, &mut out);
+        let dest = Path::new(&file.path);
+        let progress = crate::progress::NoProgress;
+        self.write_tensors(&tensors, &what, &mut splice, dest, &progress)?;
+        splice
+            .finish()
+            .map_err(|e| StorageError::corrupt(&what, e.to_string()))?;
+        Ok(out)
+    }
+
     /// Loads every tensor of model `name` into memory, decoded, in file and offset order. A
     /// PyTorch checkpoint's tensors are its views, made contiguous (tied weights come once per
     /// name), not the storages they point into.

@@ -207,13 +207,17 @@ impl Store {
     }
 
     /// The bytes of plain file `path` (say "tokenizer.json") of a model imported from a
-    /// directory; `None` when the model has no such file.
+    /// directory (a model file stored as skeleton and tensors comes back whole); `None` when
+    /// the model has no such file.
     pub fn model_file(&self, name: &str, path: &str) -> Result<Option<Vec<u8>>> {
         self.with_retry(|| {
             let snap = self.snapshot(name)?;
             let Some(file) = snap.files.iter().find(|f| f.path == path) else {
                 return Ok(None);
             };
+            if crate::containers::container_files(&snap).any(|f| f.path == path) {
+                return Ok(Some(self.container_bytes(&snap, file)?));
+            }
             let what = format!("model {name:?} file {path:?}");
             Ok(Some(self.decode_object(&file.object, &what)?.to_vec()))
         })

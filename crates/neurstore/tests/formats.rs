@@ -330,6 +330,7 @@ fn gguf_and_onnx_external_data_round_trip_in_directories() {
             "{file}"
         );
     }
+    assert_eq!(store.model_file("dir", "model.gguf").unwrap(), Some(gguf));
     let info = store.info("dir").unwrap();
     let kinds: Vec<(&str, &str)> = info
         .files
