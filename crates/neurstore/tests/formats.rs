@@ -155,6 +155,23 @@ fn the_same_weights_in_three_formats_are_stored_once() {
     assert_eq!(graph.operators.get("Gemm"), Some(&2));
     assert_eq!(graph.opsets, vec![("ai.onnx".to_string(), 17)]);
     assert_eq!(store.info("bin").unwrap().files[0].kind, "pytorch");
+
+    // A directory holding the model twice (safetensors and .bin, as many repositories do)
+    // converts without loss: each name is written once, from the one stored tensor.
+    let both = dir.path().join("both");
+    std::fs::create_dir(&both).unwrap();
+    store
+        .get("st", &both.join("model.safetensors"), &NoProgress)
+        .unwrap();
+    std::fs::copy(&bin, both.join("pytorch_model.bin")).unwrap();
+    put_file(&store, "both", &both);
+    let pt = dir.path().join("both.pt");
+    let report = store
+        .get_with("both", &pt, &GetOptions::default(), &NoProgress)
+        .unwrap();
+    assert_eq!(report.converted_to, Some("PyTorch"));
+    assert!(report.losses.is_empty(), "{:?}", report.losses);
+    assert_eq!(std::fs::read(&pt).unwrap(), std::fs::read(&bin).unwrap());
 }
 
 #[test]
