@@ -2,12 +2,13 @@
 //! run: import speed of each format relative to safetensors (fresh store each time, median of
 //! the repeats, formats interleaved), what the second and third format add to a store that holds
 //! the first, and a fine-tune against its base stored as ONNX against the same pair as
-//! safetensors (lossless and bounded).
+//! safetensors (lossless and bounded); and real files of each format against the safetensors
+//! file of the same tensors.
 //!
 //! The `.bin` is written by the store's own converter, the `.onnx` by hand (the tensors as
 //! `raw_data` initializers of a one-node graph); the fine-tune is the model plus small noise.
 //!
-//! `cargo run --release -p neurstore-bench --bin neurstore-formats-import -- --model data/all-MiniLM-L6-v2/model.safetensors`
+//! `cargo run --release -p neurstore-bench --bin neurstore-formats-import -- --model data/all-MiniLM-L6-v2/model.safetensors [--real FILE ...]`
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -31,6 +32,10 @@ struct Args {
     /// Relative size of the fine-tune's noise.
     #[arg(long, default_value_t = 1e-3)]
     noise: f32,
+    /// Real model files (ONNX, PyTorch, GGUF): each is timed against the safetensors file of
+    /// the same tensors that the store converts it to (repeat the flag).
+    #[arg(long = "real")]
+    real: Vec<PathBuf>,
     /// Write every figure here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -116,9 +121,10 @@ fn main() -> Result<()> {
     {
         let store = fresh(&scratch.path().join("convert"))?;
         store.put("m", &st, &PutOptions::default(), &NoProgress)?;
+        // Forced: a safetensors `__metadata__` (`{"format": "pt"}`) has no place in a checkpoint.
         let to_pt = GetOptions {
             format: Some(OutputFormat::PyTorch),
-            force: false,
+            force: true,
         };
         store.get_with("m", &bin, &to_pt, &NoProgress)?;
     }
@@ -128,8 +134,10 @@ fn main() -> Result<()> {
 
     // 1. Import speed, formats interleaved in every repeat.
     let mut times = vec![Vec::new(); files.len()];
-    for _ in 0..args.repeat {
-        for (k, (_, path)) in files.iter().enumerate() {
+    for r in 0..args.repeat {
+        // Each repeat starts with another format: none always runs first.
+        for k in (0..files.len()).map(|i| (i + r) % files.len()) {
+            let path = files[k].1;
             let store = fresh(&scratch.path().join("speed"))?;
             let started = Instant::now();
             store.put("m", path, &PutOptions::default(), &NoProgress)?;
@@ -209,8 +217,57 @@ fn main() -> Result<()> {
         );
         pairs.push(json!({"mode": mode.label(), "safetensors": added[0], "onnx": added[1], "ratio": o / s}));
     }
+    // 4. Real files against their safetensors conversion.
+    let mut real = Vec::new();
+    if !args.real.is_empty() {
+        println!(
+            "\nreal files against the safetensors file of the same tensors, median of {}:",
+            args.repeat
+        );
+        println!(
+            "| file | MB | import s | its safetensors s | speed vs safetensors | bytes added by the second |"
+        );
+        println!("|---|---|---|---|---|---|");
+    }
+    for path in &args.real {
+        let converted = scratch.path().join("real.safetensors");
+        {
+            let store = fresh(&scratch.path().join("convert"))?;
+            store.put("m", path, &PutOptions::default(), &NoProgress)?;
+            let to_st = GetOptions {
+                format: Some(OutputFormat::Safetensors),
+                force: true,
+            };
+            store.get_with("m", &converted, &to_st, &NoProgress)?;
+        }
+        let mut times = [Vec::new(), Vec::new()];
+        for r in 0..args.repeat {
+            for k in [r % 2, 1 - r % 2] {
+                let p = [path, &converted][k];
+                let store = fresh(&scratch.path().join("speed"))?;
+                let started = Instant::now();
+                store.put("m", p, &PutOptions::default(), &NoProgress)?;
+                times[k].push(started.elapsed().as_secs_f64());
+            }
+        }
+        let [t, ts] = times.map(median);
+        let store = fresh(&scratch.path().join("dedup"))?;
+        store.put("st", &converted, &PutOptions::default(), &NoProgress)?;
+        let added = store
+            .put("real", path, &PutOptions::default(), &NoProgress)?
+            .stored_bytes_added;
+        let len = std::fs::metadata(path)?.len();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        println!(
+            "| {name} | {:.1} | {t:.3} | {ts:.3} | {:.2}x | {added} ({:.3}%) |",
+            len as f64 / 1e6,
+            ts / t,
+            added as f64 * 100.0 / len as f64
+        );
+        real.push(json!({"file": path, "bytes": len, "seconds": t, "safetensors_seconds": ts, "added_after_safetensors": added}));
+    }
     if let Some(path) = &args.json {
-        let out = json!({"model": args.model, "repeat": args.repeat, "speed": speed, "dedup": dedup, "fine_tune": pairs});
+        let out = json!({"model": args.model, "repeat": args.repeat, "speed": speed, "dedup": dedup, "fine_tune": pairs, "real": real});
         std::fs::write(path, serde_json::to_string_pretty(&out)?)?;
     }
     Ok(())
