@@ -188,3 +188,36 @@ fn torch_views_load_as_torch_makes_them_contiguous() {
     };
     assert_eq!(load("views"), load("expected"));
 }
+
+#[test]
+fn minilm_from_pytorch_shards_reads_as_from_safetensors() {
+    let Some(data) = data_dir() else { return };
+    let shards = data.join("torch-written/minilm");
+    let st = data.join("../all-MiniLM-L6-v2/model.safetensors");
+    if !shards.is_dir() || !st.is_file() {
+        println!("SKIPPED: torch-written/minilm or all-MiniLM-L6-v2 not fetched");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    store
+        .put("st", &st, &PutOptions::default(), &NoProgress)
+        .unwrap();
+    let report = store
+        .put("bin", &shards, &PutOptions::default(), &NoProgress)
+        .unwrap();
+    // Every tensor is already stored: the shards add their skeletons and the index.
+    assert!(report.tensor_reports.iter().all(|t| t.deduplicated));
+    let load = |name: &str| {
+        let mut t: Vec<_> = store
+            .load(name)
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.name, t.dtype, t.shape, t.data.to_vec()))
+            .collect();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    };
+    // What `neurstore embed` reads (tensors by name) is the same from both.
+    assert_eq!(load("bin"), load("st"));
+}
