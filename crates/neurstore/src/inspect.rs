@@ -28,7 +28,8 @@ pub struct ModelSummary {
     pub raw_bytes: u64,
     /// Bytes of tensor data.
     pub tensor_bytes: u64,
-    /// Bytes of everything else: safetensors headers and plain files.
+    /// Bytes of everything else: safetensors headers, plain files, and the skeletons of other
+    /// model files (their non-tensor bytes plus the layout that splices them).
     pub other_bytes: u64,
 }
 
@@ -53,7 +54,8 @@ pub struct ModelInfo {
     pub raw_bytes: u64,
     /// Bytes of tensor data.
     pub tensor_bytes: u64,
-    /// Bytes of everything else: safetensors headers and plain files.
+    /// Bytes of everything else: safetensors headers, plain files, and the skeletons of other
+    /// model files (their non-tensor bytes plus the layout that splices them).
     pub other_bytes: u64,
     /// Stored bytes of every distinct object the model uses (shared ones included).
     pub stored_bytes: u64,
@@ -124,7 +126,8 @@ pub struct Stats {
     pub raw_bytes: u64,
     /// Bytes of tensor data.
     pub tensor_bytes: u64,
-    /// Bytes of everything else: safetensors headers and plain files.
+    /// Bytes of everything else: safetensors headers, plain files, and the skeletons of other
+    /// model files (their non-tensor bytes plus the layout that splices them).
     pub other_bytes: u64,
     /// Bytes the store occupies on disk: pack files plus catalog.
     pub stored_bytes: u64,

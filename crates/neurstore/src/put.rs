@@ -92,7 +92,8 @@ pub struct PutReport {
     pub raw_bytes: u64,
     /// Bytes of tensor data.
     pub tensor_bytes: u64,
-    /// Bytes of everything else: safetensors headers and plain files.
+    /// Bytes of everything else: the files' non-tensor bytes (safetensors headers, skeletons
+    /// of other model files, plain files).
     pub other_bytes: u64,
     /// Objects (tensors and files) newly stored.
     pub new_objects: u64,
