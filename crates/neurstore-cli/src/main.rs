@@ -86,14 +86,19 @@ enum Command {
         #[arg(long)]
         follow_symlinks: bool,
     },
-    /// Write model NAME back out: a safetensors file, or a directory for directory models.
+    /// Write model NAME back out as stored (a file for a single-file model, a directory for a
+    /// directory model), or converted to safetensors or a PyTorch checkpoint.
     Get {
         /// Model name.
         name: String,
-        /// Output file or directory (a new path, or an empty directory).
+        /// Output file or directory (a new path, or an empty directory). An output ending in
+        /// .safetensors, .pt, .pth or .bin asks for that format unless the model already is one.
         #[arg(short, long)]
         output: PathBuf,
-        /// Replace an existing output file.
+        /// Convert the model's tensors to this format: safetensors or pt.
+        #[arg(long, value_parser = parse_output_format)]
+        format: Option<neurstore::OutputFormat>,
+        /// Replace an existing output file, and accept a conversion that loses information.
         #[arg(long)]
         force: bool,
     },
@@ -258,11 +263,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Get {
             name,
             output,
+            format,
             force,
         } => {
             neurstore::check_output(&output, force)?;
             let store = target.reader()?;
-            let report = target.doing("read", store.get(&name, &output, &bar))?;
+            let options = neurstore::GetOptions { format, force };
+            let report = target.doing("read", store.get_with(&name, &output, &options, &bar))?;
             out.get(&report);
         }
         Command::Ls => out.ls(&target.doing("list", target.reader()?.list())?),
@@ -303,4 +310,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Embed(request) => out.embed(&embed::embed(&target, &request, &bar)?),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_output_format(name: &str) -> Result<neurstore::OutputFormat, String> {
+    neurstore::OutputFormat::from_name(name)
+        .ok_or_else(|| format!("unknown format {name:?}: use safetensors or pt"))
 }

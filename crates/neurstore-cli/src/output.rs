@@ -90,13 +90,24 @@ impl Printer {
 
     pub fn get(&self, r: &GetReport) {
         self.emit(r, || {
-            say!(
-                "wrote {} to {} ({} files, {})",
-                esc(&format!("{:?}", r.name)),
-                esc_path(&r.path),
-                r.files,
-                bytes(r.bytes_written)
-            )
+            match r.converted_to {
+                Some(format) => say!(
+                    "wrote {} to {} as {format} ({})",
+                    esc(&format!("{:?}", r.name)),
+                    esc_path(&r.path),
+                    bytes(r.bytes_written)
+                ),
+                None => say!(
+                    "wrote {} to {} ({} files, {})",
+                    esc(&format!("{:?}", r.name)),
+                    esc_path(&r.path),
+                    r.files,
+                    bytes(r.bytes_written)
+                ),
+            }
+            for loss in &r.losses {
+                say!("  left out (forced): {}", esc(loss));
+            }
         });
     }
 
@@ -164,6 +175,9 @@ impl Printer {
                     bytes(f.raw_bytes),
                     bytes(f.stored_bytes)
                 );
+                for line in f.format.iter().flat_map(|d| &d.details) {
+                    say!("    {}", esc(line));
+                }
             }
             say!("tensors      {}", m.tensors.len());
             let width = m

@@ -7,7 +7,15 @@ use crate::error::Result;
 
 /// Parses and validates a safetensors file held in memory.
 pub fn parse(file: &[u8]) -> Result<Container> {
-    let header = neurstore_core::safetensors::parse(file)?;
+    from_header(neurstore_core::safetensors::parse(file)?, file.len() as u64)
+}
+
+/// The container of a safetensors file of `file_len` bytes from its validated header (a store
+/// that keeps the header alone describes the file without its data).
+pub fn from_header(
+    header: neurstore_core::safetensors::Header,
+    file_len: u64,
+) -> Result<Container> {
     let tensors = header
         .tensors
         .into_iter()
@@ -27,7 +35,7 @@ pub fn parse(file: &[u8]) -> Result<Container> {
         .unwrap_or_default();
     let container = Container {
         format: Format::Safetensors,
-        file_len: file.len() as u64,
+        file_len,
         tensors,
         views: vec![],
         skeleton_only,

@@ -222,6 +222,100 @@ pub fn reassemble_to_vec(skeleton: &[u8], tensors: &[&[u8]]) -> Result<Vec<u8>> 
     Ok(out)
 }
 
+/// A writer that takes the tensors' bytes of a file, concatenated in file order, and writes the
+/// whole file: the skeleton pieces go in between as the tensor bytes pass their boundaries. Lets
+/// a caller that already streams a file's tensors back to back (decoding them in parallel
+/// batches) reassemble it without a callback per tensor. [`Splice::finish`] writes the trailing
+/// piece and checks that exactly the tensors' bytes came.
+pub struct Splice<'s, W: Write> {
+    inner: W,
+    payload: &'s [u8],
+    /// (tensor bytes before the piece, piece's range in the payload), in file order.
+    pieces: Vec<(u64, std::ops::Range<usize>)>,
+    next: usize,
+    tensor_bytes: u64,
+    total_tensor_bytes: u64,
+}
+
+impl<'s, W: Write> Splice<'s, W> {
+    /// A splice of the decoded skeleton `sk` into `inner`.
+    pub fn new(sk: &Skeleton<'s>, inner: W) -> Self {
+        let mut pieces = Vec::new();
+        let (mut before, mut at) = (0u64, 0usize);
+        for seg in sk.layout.segments() {
+            match seg {
+                Segment::Skeleton { start, end } => {
+                    let n = (end - start) as usize;
+                    pieces.push((before, at..at + n));
+                    at += n;
+                }
+                Segment::Tensor(i) => before += sk.layout.tensors[i].byte_len(),
+            }
+        }
+        Splice {
+            inner,
+            payload: sk.payload,
+            pieces,
+            next: 0,
+            tensor_bytes: 0,
+            total_tensor_bytes: before,
+        }
+    }
+
+    /// Writes the skeleton pieces due at the current position.
+    fn pieces_due(&mut self) -> std::io::Result<()> {
+        while let Some((before, range)) = self.pieces.get(self.next) {
+            if *before != self.tensor_bytes {
+                break;
+            }
+            self.inner.write_all(&self.payload[range.clone()])?;
+            self.next += 1;
+        }
+        Ok(())
+    }
+
+    /// Writes what is left of the skeleton and returns the inner writer; errs unless exactly
+    /// the tensors' bytes were written.
+    pub fn finish(mut self) -> Result<W> {
+        if self.tensor_bytes != self.total_tensor_bytes {
+            return Err(corrupt(
+                "skeleton",
+                "tensors",
+                format!(
+                    "{} tensor bytes given, the layout holds {}",
+                    self.tensor_bytes, self.total_tensor_bytes
+                ),
+            ));
+        }
+        self.pieces_due()?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for Splice<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.pieces_due()?;
+        let limit = self
+            .pieces
+            .get(self.next)
+            .map_or(self.total_tensor_bytes, |(before, _)| *before);
+        let room = limit - self.tensor_bytes;
+        if room == 0 && !buf.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "more tensor bytes than the skeleton's layout holds",
+            ));
+        }
+        let n = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.inner.write(&buf[..n])?;
+        self.tensor_bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 struct Counting<'w, W: Write> {
     inner: &'w mut W,
     n: u64,
@@ -428,6 +522,29 @@ mod tests {
         assert_eq!(decoded.payload, [&file[..4], &file[38..]].concat());
         let back = reassemble_to_vec(&sk, &[&file[4..20], &file[20..38]]).unwrap();
         assert_eq!(back, file);
+    }
+
+    #[test]
+    fn splice_rebuilds_the_file_from_concatenated_tensors_in_any_chunking() {
+        let (c, file) = sample();
+        let sk_bytes = encode(&c, &file).unwrap();
+        let sk = decode(&sk_bytes).unwrap();
+        let tensors = [&file[4..20], &file[20..38]].concat();
+        for chunk in [1, 3, 16, 34] {
+            let mut splice = Splice::new(&sk, Vec::new());
+            for part in tensors.chunks(chunk) {
+                splice.write_all(part).unwrap();
+            }
+            assert_eq!(splice.finish().unwrap(), file, "chunks of {chunk}");
+        }
+        let mut short = Splice::new(&sk, Vec::new());
+        short.write_all(&tensors[..33]).unwrap();
+        assert!(short.finish().is_err());
+        let mut long = Splice::new(&sk, Vec::new());
+        assert!(
+            long.write_all(&[tensors.clone(), vec![0]].concat())
+                .is_err()
+        );
     }
 
     #[test]

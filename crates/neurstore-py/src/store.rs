@@ -278,18 +278,29 @@ impl Store {
         tensors.into_iter().map(|t| tensor_tuple(py, t)).collect()
     }
 
-    #[pyo3(signature = (name, path, force = false))]
+    #[pyo3(signature = (name, path, force = false, format = None))]
     fn export<'py>(
         &self,
         py: Python<'py>,
         name: &str,
         path: PathBuf,
         force: bool,
+        format: Option<&str>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let format = format
+            .map(|f| {
+                neurstore::OutputFormat::from_name(f).ok_or_else(|| {
+                    pyo3::exceptions::PyValueError::new_err(format!(
+                        "unknown format {f:?}: use \"safetensors\" or \"pt\""
+                    ))
+                })
+            })
+            .transpose()?;
+        let options = neurstore::GetOptions { format, force };
         let done = py.detach(|| {
             neurstore::check_output(&path, force).map_err(to_py_err)?;
             self.reader()?
-                .get(name, &path, &NoProgress)
+                .get_with(name, &path, &options, &NoProgress)
                 .map_err(to_py_err)
         })?;
         report(py, &done)

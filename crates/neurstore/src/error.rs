@@ -43,6 +43,27 @@ pub enum Error {
         #[source]
         source: FormatError,
     },
+    /// A model file of another format (ONNX, PyTorch, GGUF) was refused: corrupt, unsafe (a
+    /// pickle naming a forbidden global: nothing was executed) or legacy.
+    #[error("{path}: {source}")]
+    BadModelFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: neurstore_formats::Error,
+    },
+    /// A conversion on the way out was refused or failed.
+    #[error("cannot write model {model:?} as {target}: {source}")]
+    Convert {
+        /// The model.
+        model: String,
+        /// The target format.
+        target: &'static str,
+        /// Why.
+        #[source]
+        source: neurstore_formats::Error,
+    },
     /// An input is unusable for another reason.
     #[error("{path}: {detail}")]
     InvalidInput {
@@ -83,9 +104,11 @@ impl Error {
                 StorageError::Io { .. } | StorageError::Poisoned => ErrorKind::Io,
                 _ => ErrorKind::Other,
             },
-            Error::BadSafetensors { .. } | Error::InvalidInput { .. } | Error::InvalidName(_) => {
-                ErrorKind::InvalidInput
-            }
+            Error::BadSafetensors { .. }
+            | Error::BadModelFile { .. }
+            | Error::Convert { .. }
+            | Error::InvalidInput { .. }
+            | Error::InvalidName(_) => ErrorKind::InvalidInput,
             Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
                 ErrorKind::NotFound
             }

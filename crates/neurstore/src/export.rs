@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use neurstore_core::codec::{self, Codec};
 use neurstore_core::key::TensorKeyHasher;
+use neurstore_formats::skeleton::Splice;
 
 use crate::Store;
 use crate::decode::{Fill, StreamBase, TensorData, check_key, release, release_range};
@@ -43,6 +44,10 @@ pub struct GetReport {
     pub files: u64,
     /// Bytes written.
     pub bytes_written: u64,
+    /// The format the model was converted to (`None`: written as stored, byte for byte).
+    pub converted_to: Option<&'static str>,
+    /// What a forced conversion left out.
+    pub losses: Vec<String>,
 }
 
 /// A tensor loaded into memory.
@@ -67,8 +72,8 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    /// The tensors of one safetensors file of the model, in position order.
-    fn tensors_of(&self, path: &str) -> Vec<&TensorRow> {
+    /// The tensors of one file of the model, in position order.
+    pub(crate) fn tensors_of(&self, path: &str) -> Vec<&TensorRow> {
         self.tensors.iter().filter(|t| t.path == path).collect()
     }
 }
@@ -134,7 +139,7 @@ impl Store {
         let mut bytes_written = 0;
         // Every file is created inside a fresh private directory, then moved into place.
         let staging = Staging::beside(out)?;
-        if snap.model.source_format == "safetensors" {
+        if crate::import::SINGLE_FILE_FORMATS.contains(&snap.model.source_format.as_str()) {
             let [file] = snap.files.as_slice() else {
                 return Err(StorageError::corrupt(
                     format!("model {name:?}"),
@@ -158,6 +163,8 @@ impl Store {
             path: out.to_path_buf(),
             files: snap.files.len() as u64,
             bytes_written,
+            converted_to: None,
+            losses: Vec::new(),
         })
     }
 
@@ -176,9 +183,23 @@ impl Store {
         let mut written = 0u64;
         match file.kind {
             FileKind::Plain => {
-                w.write_all(&head).map_err(io)?;
-                written += head.len() as u64;
-                progress.advance(head.len() as u64);
+                let tensors = snap.tensors_of(&file.path);
+                if tensors.is_empty() {
+                    w.write_all(&head).map_err(io)?;
+                    written += head.len() as u64;
+                    progress.advance(head.len() as u64);
+                } else {
+                    // A container: the skeleton's pieces spliced between the streamed tensors.
+                    let sk = crate::containers::decode_checked(&head, &tensors, &what)?;
+                    let mut splice = Splice::new(&sk, &mut w);
+                    self.write_tensors(&tensors, &what, &mut splice, dest, progress)?;
+                    splice.finish().map_err(|e| match e {
+                        neurstore_formats::Error::Io(e) => Error::io(dest, e),
+                        e => StorageError::corrupt(&what, e.to_string()).into(),
+                    })?;
+                    written += sk.layout.file_len;
+                    progress.advance(sk.layout.skeleton_len());
+                }
             }
             FileKind::Safetensors => {
                 let tensors = snap.tensors_of(&file.path);
@@ -194,13 +215,39 @@ impl Store {
         Ok(written)
     }
 
-    /// Loads every tensor of model `name` into memory, decoded, in file and offset order.
+    /// A container file of a snapshot rebuilt in memory, byte for byte.
+    pub(crate) fn container_bytes(&self, snap: &Snapshot, file: &FileRow) -> Result<Vec<u8>> {
+        let what = format!("model {:?} file {:?}", snap.model.name, file.path);
+        let head = self.decode_object(&file.object, &what)?;
+        let tensors = snap.tensors_of(&file.path);
+        let sk = crate::containers::decode_checked(&head, &tensors, &what)?;
+        let len = usize::try_from(sk.layout.file_len)
+            .map_err(|_| StorageError::corrupt(&what, "too large for this machine"))?;
+        let mut out = Vec::with_capacity(len);
+        let mut splice = Splice::new(&sk, &mut out);
+        let dest = Path::new(&file.path);
+        let progress = crate::progress::NoProgress;
+        self.write_tensors(&tensors, &what, &mut splice, dest, &progress)?;
+        splice
+            .finish()
+            .map_err(|e| StorageError::corrupt(&what, e.to_string()))?;
+        Ok(out)
+    }
+
+    /// Loads every tensor of model `name` into memory, decoded, in file and offset order. A
+    /// PyTorch checkpoint's tensors are its views, made contiguous (tied weights come once per
+    /// name), not the storages they point into.
     pub fn load(&self, name: &str) -> Result<Vec<LoadedTensor>> {
         self.with_retry(|| {
             let snap = self.snapshot(name)?;
             self.check_headers(&snap)?;
-            snap.tensors
+            let view_files = self.view_files(&snap)?;
+            let viewed: std::collections::HashSet<&str> =
+                view_files.iter().map(|f| f.path.as_str()).collect();
+            let mut out = snap
+                .tensors
                 .par_iter()
+                .filter(|t| !viewed.contains(t.path.as_str()))
                 .map(|t| {
                     let what = format!("model {name:?} tensor {:?}", t.name);
                     let ObjectKind::Tensor { dtype } = t.object.kind else {
@@ -214,7 +261,21 @@ impl Store {
                         data: self.decode_object(&t.object, &what)?,
                     })
                 })
-                .collect()
+                .collect::<Result<Vec<_>>>()?;
+            for file in &view_files {
+                for (view, bytes) in self.materialize_views(&snap, file)? {
+                    out.push(LoadedTensor {
+                        file: file.path.clone(),
+                        name: view.name,
+                        dtype: view.element.storage_dtype(),
+                        shape: view.shape,
+                        data: TensorData::Decoded(bytes),
+                    });
+                }
+            }
+            // Files are listed by path: a stable sort keeps each file's tensors in order.
+            out.sort_by(|a, b| a.file.cmp(&b.file));
+            Ok(out)
         })
     }
 }
@@ -478,8 +539,8 @@ impl Store {
 }
 
 impl Store {
-    /// Checks every stored safetensors header of a model against the catalog's tensors, as
-    /// `get` does while writing, and that every tensor belongs to one of its files: the
+    /// Checks every stored safetensors header and skeleton of a model against the catalog's
+    /// tensors, as `get` does while writing, and that every tensor belongs to one of its files: the
     /// catalog's names, paths, dtypes, shapes and order are what `load` returns.
     pub(crate) fn check_headers(&self, snap: &Snapshot) -> Result<()> {
         let mut listed = 0;
@@ -494,10 +555,17 @@ impl Store {
             check_header(&head, &tensors, &what)?;
             listed += tensors.len();
         }
+        for file in crate::containers::container_files(snap) {
+            let what = format!("model {:?} file {:?}", snap.model.name, file.path);
+            let head = self.decode_object(&file.object, &what)?;
+            let tensors = snap.tensors_of(&file.path);
+            crate::containers::decode_checked(&head, &tensors, &what)?;
+            listed += tensors.len();
+        }
         if listed != snap.tensors.len() {
             return Err(StorageError::corrupt(
                 format!("model {:?}", snap.model.name),
-                "a tensor belongs to no safetensors file of the model",
+                "a tensor belongs to no model file of the model",
             )
             .into());
         }

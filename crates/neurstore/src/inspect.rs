@@ -28,7 +28,8 @@ pub struct ModelSummary {
     pub raw_bytes: u64,
     /// Bytes of tensor data.
     pub tensor_bytes: u64,
-    /// Bytes of everything else: safetensors headers and plain files.
+    /// Bytes of everything else: safetensors headers, plain files, and the skeletons of other
+    /// model files (their non-tensor bytes plus the layout that splices them).
     pub other_bytes: u64,
 }
 
@@ -53,7 +54,8 @@ pub struct ModelInfo {
     pub raw_bytes: u64,
     /// Bytes of tensor data.
     pub tensor_bytes: u64,
-    /// Bytes of everything else: safetensors headers and plain files.
+    /// Bytes of everything else: safetensors headers, plain files, and the skeletons of other
+    /// model files (their non-tensor bytes plus the layout that splices them).
     pub other_bytes: u64,
     /// Stored bytes of every distinct object the model uses (shared ones included).
     pub stored_bytes: u64,
@@ -70,12 +72,16 @@ pub struct ModelInfo {
 pub struct FileInfo {
     /// Relative path.
     pub path: String,
-    /// "safetensors" or "plain".
+    /// "safetensors", "plain", or for a file stored as skeleton and tensors its format:
+    /// "onnx", "onnx-data" (external data), "pytorch", "gguf".
     pub kind: &'static str,
-    /// Bytes of the file (for safetensors: the header only; tensors are listed apart).
+    /// Bytes of the file's object (safetensors: the header; a container: its skeleton; tensors
+    /// are listed apart).
     pub raw_bytes: u64,
     /// Stored bytes.
     pub stored_bytes: u64,
+    /// For a file stored as skeleton and tensors: its format's description (an ONNX graph).
+    pub format: Option<crate::containers::FormatInfo>,
 }
 
 /// A tensor of a model.
@@ -120,7 +126,8 @@ pub struct Stats {
     pub raw_bytes: u64,
     /// Bytes of tensor data.
     pub tensor_bytes: u64,
-    /// Bytes of everything else: safetensors headers and plain files.
+    /// Bytes of everything else: safetensors headers, plain files, and the skeletons of other
+    /// model files (their non-tensor bytes plus the layout that splices them).
     pub other_bytes: u64,
     /// Bytes the store occupies on disk: pack files plus catalog.
     pub stored_bytes: u64,
@@ -236,7 +243,7 @@ impl Store {
 
     /// Details of one model.
     pub fn info(&self, name: &str) -> Result<ModelInfo> {
-        Ok(self.engine.read(|q| {
+        let (mut info, files, tensors) = self.engine.read(|q| {
             let model = q
                 .model(name)?
                 .ok_or_else(|| StorageError::ModelNotFound(name.to_string()))?;
@@ -263,7 +270,7 @@ impl Store {
                     .filter(|(_, o)| !shared(o))
                     .map(|(_, o)| o.location.len),
             );
-            Ok(ModelInfo {
+            let info = ModelInfo {
                 name: model.name.clone(),
                 created_unix: model.created_unix,
                 source_format: model.source_format.clone(),
@@ -286,6 +293,7 @@ impl Store {
                         },
                         raw_bytes: f.object.raw_len,
                         stored_bytes: f.object.location.len,
+                        format: None,
                     })
                     .collect(),
                 tensors: tensors
@@ -318,8 +326,49 @@ impl Store {
                         }
                     })
                     .collect(),
-            })
-        })?)
+            };
+            Ok((info, files, tensors))
+        })?;
+        self.describe_containers(&mut info, &files, &tensors)?;
+        Ok(info)
+    }
+
+    /// Fills in the kind and format description of the files stored as containers.
+    fn describe_containers(
+        &self,
+        info: &mut ModelInfo,
+        files: &[FileRow],
+        tensors: &[neurstore_storage::catalog::TensorRow],
+    ) -> Result<()> {
+        for (file, shown) in files.iter().zip(info.files.iter_mut()) {
+            let rows: Vec<_> = tensors.iter().filter(|t| t.path == file.path).collect();
+            let what = format!("model {:?} file {:?}", info.name, file.path);
+            if file.kind != FileKind::Plain {
+                continue;
+            }
+            if rows.is_empty() {
+                // An ONNX file stored whole (its weights all external): its graph all the same.
+                if file.path.to_ascii_lowercase().ends_with(".onnx") {
+                    let bytes = self.decode_object(&file.object, &what)?;
+                    if let Some(format) = crate::containers::describe_plain_onnx(&bytes) {
+                        shown.kind = "onnx";
+                        shown.format = Some(format);
+                    }
+                }
+                continue;
+            }
+            let head = self.decode_object(&file.object, &what)?;
+            let sk = crate::containers::decode_checked(&head, &rows, &what)?;
+            shown.kind = match sk.layout.format {
+                neurstore_formats::Format::Onnx => "onnx",
+                neurstore_formats::Format::OnnxExternalData => "onnx-data",
+                neurstore_formats::Format::PyTorchZip => "pytorch",
+                neurstore_formats::Format::Gguf => "gguf",
+                _ => "safetensors",
+            };
+            shown.format = Some(crate::containers::describe(&sk));
+        }
+        Ok(())
     }
 
     /// Store-wide figures.
@@ -437,15 +486,19 @@ impl Store {
                     if let Err(e) = self.engine.check_model_record(m, &files, &tensors, record) {
                         problems.push(e.to_string());
                     }
-                    for f in files
-                        .iter()
-                        .filter(|f| f.kind == neurstore_storage::catalog::FileKind::Safetensors)
-                    {
+                    for f in &files {
                         let what = format!("model {:?} file {:?}", m.name, f.path);
                         let rows: Vec<_> = tensors.iter().filter(|t| t.path == f.path).collect();
-                        let check = self
-                            .decode_object(&f.object, &what)
-                            .and_then(|head| crate::export::check_header(&head, &rows, &what));
+                        if f.kind == FileKind::Plain && rows.is_empty() {
+                            continue;
+                        }
+                        let check = self.decode_object(&f.object, &what).and_then(|head| {
+                            if f.kind == FileKind::Safetensors {
+                                crate::export::check_header(&head, &rows, &what)
+                            } else {
+                                crate::containers::decode_checked(&head, &rows, &what).map(|_| ())
+                            }
+                        });
                         if let Err(e) = check {
                             problems.push(e.to_string());
                         }

@@ -32,6 +32,8 @@
 //! ```
 #![deny(missing_docs)]
 
+mod containers;
+mod convert;
 mod decode;
 mod error;
 mod export;
@@ -46,6 +48,8 @@ mod resident;
 
 use std::path::Path;
 
+pub use containers::{FormatInfo, GraphInfo, GraphValue};
+pub use convert::{GetOptions, OutputFormat, conversion};
 pub use decode::BaseCacheStats;
 pub use decode::TensorData;
 pub use error::{Error, ErrorKind, Result};

@@ -14,7 +14,7 @@ use neurstore_core::dtype::DType;
 use neurstore_core::key::{Digest, file_key, tensor_key};
 use neurstore_core::sketch;
 use neurstore_storage::StorageError;
-use neurstore_storage::catalog::{FileKind, ModelRow, NewObject, ObjectKind, ObjectRow, Queries};
+use neurstore_storage::catalog::{ModelRow, NewObject, ObjectKind, ObjectRow, Queries};
 use neurstore_storage::engine::WriteSession;
 use neurstore_storage::pack::BlobLocation;
 use neurstore_storage::record::ModelRecord;
@@ -92,7 +92,8 @@ pub struct PutReport {
     pub raw_bytes: u64,
     /// Bytes of tensor data.
     pub tensor_bytes: u64,
-    /// Bytes of everything else: safetensors headers and plain files.
+    /// Bytes of everything else: the files' non-tensor bytes (safetensors headers, skeletons
+    /// of other model files, plain files).
     pub other_bytes: u64,
     /// Objects (tensors and files) newly stored.
     pub new_objects: u64,
@@ -119,20 +120,15 @@ pub struct PutReport {
 fn items_of(source: &SourceModel) -> Vec<Item<'_>> {
     let mut items = Vec::new();
     for file in &source.files {
-        match &file.header {
-            Some(header) => {
-                items.push(Item::file(&file.rel_path, file.header_json()));
-                for (i, t) in header.tensors.iter().enumerate() {
-                    items.push(Item::tensor(
-                        &file.rel_path,
-                        &t.name,
-                        t.dtype,
-                        t.shape.clone(),
-                        file.tensor_bytes(i),
-                    ));
-                }
-            }
-            None => items.push(Item::file(&file.rel_path, &file.bytes)),
+        items.push(Item::file(&file.rel_path, file.object_bytes()));
+        for t in file.tensors() {
+            items.push(Item::tensor(
+                &file.rel_path,
+                t.name,
+                t.dtype,
+                t.shape,
+                t.bytes,
+            ));
         }
     }
     items.par_iter_mut().for_each(|item| {
@@ -145,7 +141,9 @@ fn items_of(source: &SourceModel) -> Vec<Item<'_>> {
 }
 
 impl Store {
-    /// Imports the safetensors file or model directory at `path` as model `name`.
+    /// Imports the model file (safetensors, ONNX, PyTorch zip checkpoint, GGUF) or model
+    /// directory at `path` as model `name`. A refused file (corrupt, a pickle naming a forbidden
+    /// global, a legacy checkpoint) fails the put before anything is written.
     pub fn put(
         &self,
         name: &str,
@@ -386,25 +384,15 @@ impl Store {
             let model_id = tx.insert_model(&model)?;
             let mut next = items.iter();
             for file in &source.files {
-                let kind = if file.header.is_some() {
-                    FileKind::Safetensors
-                } else {
-                    FileKind::Plain
-                };
                 let head = next.next().expect("one item per file");
-                tx.insert_model_file(model_id, &file.rel_path, kind, id_of(head))?;
-                for (position, t) in file
-                    .header
-                    .iter()
-                    .flat_map(|h| h.tensors.iter())
-                    .enumerate()
-                {
+                tx.insert_model_file(model_id, &file.rel_path, file.kind(), id_of(head))?;
+                for (position, t) in file.tensors().iter().enumerate() {
                     let item = next.next().expect("one item per tensor");
                     tx.insert_model_tensor(
                         model_id,
                         &file.rel_path,
                         position as i64,
-                        &t.name,
+                        t.name,
                         id_of(item),
                     )?;
                 }
@@ -591,24 +579,14 @@ fn model_record(
     let mut tensors = Vec::new();
     let mut next = items.iter();
     for file in &source.files {
-        let kind = if file.header.is_some() {
-            FileKind::Safetensors
-        } else {
-            FileKind::Plain
-        };
         let head = next.next().expect("one item per file");
-        files.push((file.rel_path.clone(), kind.tag(), key_of(head)));
-        for (position, t) in file
-            .header
-            .iter()
-            .flat_map(|h| h.tensors.iter())
-            .enumerate()
-        {
+        files.push((file.rel_path.clone(), file.kind().tag(), key_of(head)));
+        for (position, t) in file.tensors().iter().enumerate() {
             let item = next.next().expect("one item per tensor");
             tensors.push((
                 file.rel_path.clone(),
                 position as u64,
-                t.name.clone(),
+                t.name.to_string(),
                 key_of(item),
             ));
         }

@@ -173,15 +173,32 @@ impl Store {
         self.with_retry(|| {
             let snap = self.snapshot(name)?;
             self.check_headers(&snap)?;
-            let tensors = snap
+            let view_files = self.view_files(&snap)?;
+            let viewed: std::collections::HashSet<&str> =
+                view_files.iter().map(|f| f.path.as_str()).collect();
+            let mut tensors = snap
                 .tensors
                 .par_iter()
+                .filter(|t| !viewed.contains(t.path.as_str()))
                 .map(|t| {
                     let what = format!("model {name:?} tensor {:?}", t.name);
                     let tensor = self.resident_tensor(&t.object, bases, options, &what)?;
                     Ok((t.name.clone(), tensor))
                 })
                 .collect::<Result<BTreeMap<_, _>>>()?;
+            // PyTorch views (tied weights, slices): decoded and made contiguous.
+            for file in &view_files {
+                for (view, bytes) in self.materialize_views(&snap, file)? {
+                    let dtype = view.element.storage_dtype();
+                    tensors.insert(
+                        view.name,
+                        ResidentTensor {
+                            shape: view.shape,
+                            weight: ResidentWeight::from_bytes(dtype, &bytes),
+                        },
+                    );
+                }
+            }
             Ok(ResidentModel {
                 name: name.to_string(),
                 tensors,
@@ -190,13 +207,17 @@ impl Store {
     }
 
     /// The bytes of plain file `path` (say "tokenizer.json") of a model imported from a
-    /// directory; `None` when the model has no such file.
+    /// directory (a model file stored as skeleton and tensors comes back whole); `None` when
+    /// the model has no such file.
     pub fn model_file(&self, name: &str, path: &str) -> Result<Option<Vec<u8>>> {
         self.with_retry(|| {
             let snap = self.snapshot(name)?;
             let Some(file) = snap.files.iter().find(|f| f.path == path) else {
                 return Ok(None);
             };
+            if crate::containers::container_files(&snap).any(|f| f.path == path) {
+                return Ok(Some(self.container_bytes(&snap, file)?));
+            }
             let what = format!("model {name:?} file {path:?}");
             Ok(Some(self.decode_object(&file.object, &what)?.to_vec()))
         })

@@ -268,7 +268,7 @@ fn bad_model_directories_are_refused() {
         12,
     );
 
-    // No safetensors file at all.
+    // No model file at all (a .bin that is no checkpoint is a plain file).
     f.write("no-weights/config.json", b"{}");
     f.write("no-weights/pytorch_model.bin", b"not weights");
     let dir = f.path("no-weights");
@@ -276,7 +276,7 @@ fn bad_model_directories_are_refused() {
         "new",
         &dir,
         ErrorKind::InvalidInput,
-        &[&dir.display().to_string(), "no .safetensors file"],
+        &[&dir.display().to_string(), "no model file"],
     );
 
     // A bad shard inside an otherwise fine directory names the shard.

@@ -8,7 +8,8 @@
 //!   with extreme values), and each mutant is run under `catch_unwind`, timed, with the peak of
 //!   the bytes it allocated measured. 2,000 inputs per target by default, 25,000 in the full run
 //!   (`NEURSTORE_FULL_RELIABILITY=1`); the model-directory target imports through the public API
-//!   and runs a tenth of that.
+//!   and runs a tenth of that; the model-formats target (ONNX, PyTorch zip, GGUF through
+//!   `put`) half.
 //! - **Resource bombs**: hand-made inputs that claim huge sizes, counts or depths (a safetensors
 //!   header length of 2^63, shape products overflowing u64, a grouped blob of 2^32-1 chunks or
 //!   1 TiB, a zstd frame claiming 1 TiB, NaN/Inf/zero quantization steps, an HNSW graph of 2^60
@@ -598,6 +599,70 @@ fn directory_target(dir: &Path) -> Target {
             accepted
         }),
         share: 1,
+    }
+}
+
+/// The importer of the other model formats through the public API: an ONNX model, a PyTorch
+/// zip checkpoint and a GGUF file are mutated and imported alone with a dry-run put (the
+/// format crate's own loop checks that every accepted mutant reassembles byte for byte).
+fn model_formats_target(dir: &Path) -> Target {
+    use neurstore_formats::pytorch::{pickle_writer, zip};
+    let store_root = dir.join("formats-target-store");
+    Store::init(&store_root).unwrap();
+    let store = Store::open(&store_root).unwrap();
+    let input = dir.join("formats-target-input");
+    std::fs::create_dir_all(&input).unwrap();
+    let w = float_raw(24, 5);
+    let entries: Vec<pickle_writer::Entry> = ["a.weight", "a.bias"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| pickle_writer::Entry {
+            name: name.to_string(),
+            dtype: DType::F32,
+            storage: i.to_string(),
+            storage_numel: 12,
+            offset: 0,
+            size: vec![3, 4],
+            stride: vec![4, 1],
+        })
+        .collect();
+    let pickle = pickle_writer::state_dict(&entries);
+    let checkpoint = zip::write_archive(&[
+        ("archive/data.pkl", &pickle),
+        ("archive/data/0", &w[..48]),
+        ("archive/data/1", &w[48..]),
+        ("archive/version", b"3\n"),
+    ]);
+    let gguf = neurstore_formats::gguf::build::gguf(&[
+        ("f", 0, vec![4, 2], &w[..32]),
+        ("q", 8, vec![32], &[1u8; 34]),
+    ]);
+    let seeds = [
+        ("model.onnx", neurstore_formats::onnx::sample::small_model()),
+        ("model.pt", checkpoint),
+        ("model.gguf", gguf),
+    ]
+    .into_iter()
+    .map(|(name, bytes)| {
+        let mut s = Seed::new(bytes, vec![Field::U32(0), Field::U64(8)]);
+        s.base = Some(name.as_bytes().to_vec());
+        s
+    })
+    .collect();
+    Target {
+        name: "model_formats",
+        seeds,
+        run: Box::new(move |seed, input_bytes| {
+            let rel = String::from_utf8(seed.base.clone().unwrap()).unwrap();
+            let path = input.join(&rel);
+            std::fs::write(&path, input_bytes).unwrap();
+            let options = PutOptions {
+                dry_run: true,
+                ..Default::default()
+            };
+            store.put("probe", &path, &options, &NoProgress).is_ok()
+        }),
+        share: 2,
     }
 }
 
@@ -1203,6 +1268,7 @@ fn hostile_inputs_are_refused_within_bounds() {
     let targets = vec![
         safetensors_target(),
         directory_target(dir.path()),
+        model_formats_target(dir.path()),
         grouped_target(),
         entropy_target(),
         delta_target(),
@@ -1269,7 +1335,7 @@ fn hostile_inputs_are_refused_within_bounds() {
     }
     eprintln!(
         "hostile inputs: {total_execs} execs over {} targets; crashes = {}; max bytes allocated / input size = {max_ratio:.1}; max time per input = {:.2} ms; bombs: {typed} typed errors",
-        7,
+        9,
         crashes.len(),
         max_time.as_secs_f64() * 1e3
     );

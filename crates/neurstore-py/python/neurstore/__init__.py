@@ -260,12 +260,19 @@ class Store:
         with torch.no_grad():
             return module.load_state_dict(state, strict=strict)
 
-    def export(self, name: str, path: PathLike, *, force: bool = False) -> Dict[str, Any]:
-        """Writes model ``name`` to ``path``: a safetensors file for a model put from a file or
-        a dict, a directory for a model put from a directory. A losslessly stored model is
-        written back byte for byte. The output appears atomically. An existing file is
-        refused unless ``force``; an empty directory is filled; a non-empty one is refused."""
-        return self._native.export(name, os.fspath(path), bool(force))
+    def export(
+        self, name: str, path: PathLike, *, force: bool = False, format: Optional[str] = None
+    ) -> Dict[str, Any]:
+        """Writes model ``name`` to ``path``: a file for a model put from a file (safetensors,
+        ONNX, PyTorch checkpoint, GGUF) or a dict, a directory for a model put from a
+        directory. A losslessly stored model is written back byte for byte. ``format``
+        (``"safetensors"`` or ``"pt"``) converts the model's tensors to one file of that
+        format; without it, a ``path`` ending in ``.safetensors``, ``.pt``, ``.pth`` or ``.bin``
+        asks for that format unless the model already is one. A conversion that would lose
+        information (an ONNX graph, GGUF metadata, ...) raises ``InvalidInput`` unless
+        ``force``. The output appears atomically. An existing file is refused unless
+        ``force``; an empty directory is filled; a non-empty one is refused."""
+        return self._native.export(name, os.fspath(path), bool(force), format)
 
     def list(self) -> List[Dict[str, Any]]:
         """All models, by name: ``name``, ``created_unix``, ``created`` (RFC 3339, UTC),
