@@ -33,6 +33,13 @@ pub trait Backend: Send + Sync {
     fn barrier(&self) -> io::Result<()> {
         Ok(())
     }
+
+    /// Whether a write may append to a pack an earlier write left (true for files). A backend
+    /// that must rewrite a partly filled block to append to it (rows of a database) answers
+    /// false, and each write starts a pack of its own: its bytes are then written once.
+    fn appends_in_place(&self) -> bool {
+        true
+    }
 }
 
 /// One open file.

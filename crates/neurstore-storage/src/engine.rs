@@ -841,7 +841,7 @@ impl WriteSession<'_> {
         if let Some((id, len)) = last {
             let taken = self.sealed.iter().any(|a| a.pack_id() == id);
             let fits = len <= PACK_HEADER_LEN || len + first_record <= self.state.max_pack_len;
-            if !self.fresh_pack && !taken && fits {
+            if !self.fresh_pack && !taken && fits && engine.backend.appends_in_place() {
                 return self.with_header(PackAppender::open(&*engine.backend, id, len, false)?);
             }
         }

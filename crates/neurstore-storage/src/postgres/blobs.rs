@@ -183,6 +183,12 @@ impl Backend for ChunkBackend {
     fn sync_dir(&self) -> io::Result<()> {
         Ok(())
     }
+
+    /// Appending to a pack whose last chunk is partly filled would rewrite that chunk's row
+    /// (leaving a dead copy of up to 1 MiB behind until vacuumed): each write takes a new pack.
+    fn appends_in_place(&self) -> bool {
+        false
+    }
 }
 
 struct FileState {
