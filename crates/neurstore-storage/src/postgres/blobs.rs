@@ -80,7 +80,7 @@ impl SqlRunner for Pool {
             // Dropped uncommitted on an error: rolled back.
             let txn = super::PgTxn::begin(&conn, "BEGIN")?;
             match f(&txn) {
-                Ok(()) => Box::new(txn).commit_txn(),
+                Ok(()) => txn.commit_txn(),
                 Err(e) => Err(e),
             }
         };

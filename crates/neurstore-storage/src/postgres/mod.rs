@@ -211,7 +211,7 @@ impl<'c> PgTxn<'c> {
     }
 
     /// Commits.
-    pub(crate) fn commit_txn(mut self: Box<Self>) -> Result<()> {
+    pub(crate) fn commit_txn(mut self) -> Result<()> {
         self.done = true;
         self.conn().batch("COMMIT")
     }
@@ -252,7 +252,7 @@ impl Sql for PgTxn<'_> {
 
 impl SqlTxn for PgTxn<'_> {
     fn commit(self: Box<Self>) -> Result<()> {
-        self.commit_txn()
+        (*self).commit_txn()
     }
 }
 
