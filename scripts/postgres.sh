@@ -6,6 +6,12 @@
 #   scripts/postgres.sh up DIR      create a cluster in DIR when DIR is new, start it otherwise
 #                                   (after a crash too); the last line printed is its URL
 #   scripts/postgres.sh down DIR    stop the cluster in DIR
+#   scripts/postgres.sh extension [PG_CONFIG]
+#                                   build the `neurstore` extension (crates/neurstore-pg) and
+#                                   install it into the PostgreSQL of PG_CONFIG (default: the
+#                                   newest Debian one), as root: installs the build prerequisites
+#                                   and cargo-pgrx 0.18.1 when missing; restart nothing, a new
+#                                   session loads the new library
 #   scripts/postgres.sh standby URL DIR
 #                                   a streaming standby of the server at URL (one this script
 #                                   started) in DIR, on a port of its own: created with
@@ -144,10 +150,56 @@ down() {
     as_owner "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
 }
 
+# The pgrx release the extension is built with (crates/neurstore-pg pins the same).
+PGRX_VERSION=0.18.1
+
+extension() {
+    local pg_config=${1:-} root major
+    [[ $(id -u) -eq 0 ]] || die "installing the extension writes into PostgreSQL's directories; run this as root"
+    root=$(cd "$(dirname "$0")/.." && pwd)
+    if [[ -z "$pg_config" ]]; then
+        install_server
+        pg_config="$(pg_bin)/pg_config"
+    fi
+    [[ -x "$pg_config" ]] || die "no pg_config at $pg_config"
+    major=$("$pg_config" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
+    [[ "$major" =~ ^[0-9]+$ ]] || die "cannot tell the PostgreSQL version of $pg_config"
+    # Debian's server headers for a Debian server; a relocatable server (the pgserver wheel's
+    # PostgreSQL 18) carries its own.
+    local includes
+    includes=$("$pg_config" --includedir-server)
+    if [[ ! -f "$includes/postgres.h" ]]; then
+        apt_install "postgresql-server-dev-$major"
+    fi
+    command -v clang >/dev/null || [[ -n "$(ls /usr/lib/llvm-*/lib/libclang*.so* 2>/dev/null)" ]] ||
+        apt_install libclang-dev
+    command -v cc >/dev/null || apt_install build-essential
+    if [[ "$(cargo pgrx --version 2>/dev/null || true)" != *"$PGRX_VERSION"* ]]; then
+        echo "installing cargo-pgrx $PGRX_VERSION (about 10 minutes)" >&2
+        cargo install --locked cargo-pgrx --version "$PGRX_VERSION"
+    fi
+    # A pgrx home of its own per version: `init` with every version given a pg_config works
+    # offline and leaves other configurations alone.
+    export PGRX_HOME="$root/target/pgrx/pg$major"
+    mkdir -p "$PGRX_HOME"
+    cargo pgrx init "--pg$major" "$pg_config" >/dev/null
+    local started=$SECONDS
+    (cd "$root/crates/neurstore-pg" &&
+        CARGO_TARGET_DIR="$root/target/pgrx/target" cargo pgrx install --release --pg-config "$pg_config")
+    echo "built and installed the neurstore extension for PostgreSQL $major in $((SECONDS - started)) s" >&2
+}
+
+apt_install() {
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "$@" >/dev/null
+}
+
 case "${1:-}" in
     install) install_server ;;
+    extension) [[ $# -le 2 ]] || die "usage: $0 extension [PG_CONFIG]"; extension "${2:-}" ;;
     up) [[ $# -eq 2 ]] || die "usage: $0 up DIR"; up "$2" ;;
     down) [[ $# -eq 2 ]] || die "usage: $0 down DIR"; down "$2" ;;
     standby) [[ $# -eq 3 ]] || die "usage: $0 standby URL DIR"; standby "$2" "$3" ;;
-    *) die "usage: $0 install | up DIR | down DIR | standby URL DIR" ;;
+    *) die "usage: $0 install | extension [PG_CONFIG] | up DIR | down DIR | standby URL DIR" ;;
 esac

@@ -118,8 +118,9 @@ fn column(row: &postgres::Row, i: usize) -> Result<Value> {
     Ok(v.unwrap_or(Value::Null))
 }
 
-/// The catalog's dialect to PostgreSQL's: `?N` parameters become `$N` (outside quotes).
-fn to_postgres(sql: &str) -> String {
+/// The catalog's dialect to PostgreSQL's: `?N` parameters become `$N` (outside quotes). The
+/// server side (the extension's SPI) rewrites with it too.
+pub fn to_postgres(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut quote: Option<char> = None;
     for c in sql.chars() {
