@@ -55,7 +55,7 @@ fn put_file(name: &str, path: &Path, options: &PutOptions) -> Result<Value, Fail
 pub fn put_bytes(name: &str, data: &[u8], options: &PutOptions) -> Result<Value, Failure> {
     let scratch = Scratch::new()?;
     let path = scratch.write_model(data)?;
-    put_file(name, &path, options)
+    put_file(name, &path, options).map_err(|f| f.naming(&path, "the data given"))
 }
 
 /// `neurstore.get_bytes`: the model's safetensors file, through a temporary file.

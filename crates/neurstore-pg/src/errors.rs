@@ -38,6 +38,12 @@ impl Failure {
         )
     }
 
+    /// The same failure with every mention of `path` (a temporary file's) said as `said`.
+    pub fn naming(mut self, path: &std::path::Path, said: &str) -> Self {
+        self.message = self.message.replace(&path.display().to_string(), said);
+        self
+    }
+
     /// Raises the failure as a PostgreSQL ERROR (unwinding to the SQL function's boundary,
     /// where pgrx hands it to PostgreSQL), which aborts the caller's transaction.
     pub fn raise(self) -> ! {

@@ -226,7 +226,8 @@ fn concurrent_puts_sharing_tensors_both_commit_and_store_them_once() {
     );
     first.batch_execute("COMMIT").unwrap();
     let report = second.join().unwrap();
-    assert_eq!(report["deduplicated_objects"], 7, "{report}");
+    // The six shared matrices, the bias and the header (same names, shapes and offsets).
+    assert_eq!(report["deduplicated_objects"], 8, "{report}");
 
     let mut c = pg::client(&url);
     assert_eq!(get_bytes(&mut c, "a"), a);
