@@ -38,12 +38,28 @@ pub fn writer(create: bool) -> Result<Store, Failure> {
     sql.query("SELECT pg_advisory_xact_lock(?1)", params![WRITER_LOCK_KEY])?;
     let label = label(&sql)?;
     match check_store(&sql, &label, true) {
-        Err(StorageError::NoStore(_)) if create => {
-            Store::init_in_database(Box::new(SpiCatalog::new(Access::Write)), &label)?
-        }
+        Err(StorageError::NoStore(_)) if create => create_store(&sql, &label)?,
         other => other?,
     }
     open(Access::Write)
+}
+
+/// Creates the store's tables and views, without the notices of the `IF NOT EXISTS` the views'
+/// schema may meet (the extension made it).
+fn create_store(sql: &dyn Sql, label: &std::path::Path) -> Result<(), Failure> {
+    let level: String = sql
+        .query_one(
+            "SELECT current_setting('client_min_messages'), \
+                    set_config('client_min_messages', 'warning', true)",
+            &[],
+        )?
+        .get(0)?;
+    Store::init_in_database(Box::new(SpiCatalog::new(Access::Write)), label)?;
+    sql.query(
+        "SELECT set_config('client_min_messages', ?1, true)",
+        params![level],
+    )?;
+    Ok(())
 }
 
 fn open(access: Access) -> Result<Store, Failure> {
