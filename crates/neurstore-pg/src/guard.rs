@@ -86,3 +86,36 @@ pub fn call<T>(f: impl FnOnce() -> T) -> T {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rayon::prelude::*;
+
+    #[test]
+    fn parallel_work_runs_on_the_initializing_thread_and_other_threads_are_refused() {
+        init();
+        enter().unwrap();
+        let me = std::thread::current().id();
+        let threads: Vec<ThreadId> = (0..10_000)
+            .into_par_iter()
+            .map(|_| std::thread::current().id())
+            .collect();
+        assert!(threads.iter().all(|t| *t == me));
+        let (a, b) = rayon::join(
+            || std::thread::current().id(),
+            || std::thread::current().id(),
+        );
+        assert_eq!((a, b), (me, me));
+        assert!(check().is_ok());
+        let elsewhere = std::thread::spawn(|| (check(), enter())).join().unwrap();
+        assert!(elsewhere.0.is_err() && elsewhere.1.is_err());
+
+        // An error raised inside `call` latches until the next function starts.
+        let unwound = std::panic::catch_unwind(|| call(|| panic!("an ERROR from PostgreSQL")));
+        assert!(unwound.is_err());
+        assert!(poisoned() && check().is_err());
+        enter().unwrap();
+        assert!(check().is_ok());
+    }
+}

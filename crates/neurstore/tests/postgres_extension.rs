@@ -224,6 +224,13 @@ fn concurrent_puts_sharing_tensors_both_commit_and_store_them_once() {
         !second.is_finished(),
         "the second put waits for the first's commit"
     );
+    // Readers take no lock and see committed models only.
+    let (code, _) = failure(
+        &mut pg::client(&url),
+        "SELECT neurstore.get_bytes('a')",
+        &[],
+    );
+    assert_eq!(code, "42704");
     first.batch_execute("COMMIT").unwrap();
     let report = second.join().unwrap();
     // The six shared matrices, the bias and the header (same names, shapes and offsets).
@@ -327,6 +334,12 @@ fn models_read_back_byte_for_byte_through_sql_and_the_client() {
     let verify = json(&mut c, "neurstore.verify()");
     assert_eq!(verify["problems"], serde_json::json!([]), "{verify}");
     assert_eq!(verify["models"], 2);
+    assert_eq!(get_bytes(&mut c, "base"), base);
+
+    // The models are data, not part of the extension: dropping it keeps them.
+    c.batch_execute("DROP EXTENSION neurstore").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM neurstore.models"), 2);
+    c.batch_execute("CREATE EXTENSION neurstore").unwrap();
     assert_eq!(get_bytes(&mut c, "base"), base);
 }
 
