@@ -58,17 +58,17 @@ pub fn put_bytes(name: &str, data: &[u8], options: &PutOptions) -> Result<Value,
     put_file(name, &path, options).map_err(|f| f.naming(&path, "the data given"))
 }
 
-/// `neurstore.get_bytes`: the model's safetensors file, through a temporary file.
+/// `neurstore.get_bytes`: the model's file (safetensors, or the ONNX, PyTorch or GGUF file a
+/// client put), byte for byte, through a temporary file.
 pub fn get_bytes(name: &str) -> Result<Vec<u8>, Failure> {
     let store = reader()?;
     let info = store.info(name)?;
-    if info.source_format != "safetensors" {
+    if info.source_format == "directory" {
         return Err(Failure::new(
             ERRCODE_FEATURE_NOT_SUPPORTED,
             format!(
-                "model {name:?} was imported from a directory of {} files, not one safetensors \
-                 file; write it out with neurstore.export(name, directory) or the client's \
-                 `neurstore get`",
+                "model {name:?} was imported from a directory of {} files, not one file; write \
+                 it out with neurstore.export(name, directory) or the client's `neurstore get`",
                 info.files.len()
             ),
         ));
