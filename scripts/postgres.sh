@@ -171,6 +171,14 @@ extension() {
     if [[ ! -f "$includes/postgres.h" ]]; then
         apt_install "postgresql-server-dev-$major"
     fi
+    # A server built on an older glibc (the wheel's, manylinux2014) includes <xlocale.h>, which
+    # newer glibcs dropped: <locale.h> has what it declared.
+    if grep -q '^#define HAVE_XLOCALE_H 1' "$includes/pg_config.h" && [[ ! -f /usr/include/xlocale.h ]]; then
+        local shim="$root/target/pgrx/include"
+        mkdir -p "$shim"
+        echo '#include <locale.h>' >"$shim/xlocale.h"
+        export BINDGEN_EXTRA_CLANG_ARGS="-I$shim" CFLAGS="${CFLAGS:-} -I$shim"
+    fi
     command -v clang >/dev/null || [[ -n "$(ls /usr/lib/llvm-*/lib/libclang*.so* 2>/dev/null)" ]] ||
         apt_install libclang-dev
     command -v cc >/dev/null || apt_install build-essential
