@@ -17,7 +17,7 @@ use neurstore_formats::container::materialize;
 use neurstore_formats::convert::{self, OutTensor, Plan, Target};
 use neurstore_formats::{Container, Format};
 use neurstore_storage::StorageError;
-use neurstore_storage::catalog::{FileKind, TensorRow};
+use neurstore_storage::catalog::{FileKind, Queries, TensorRow};
 
 use crate::Store;
 use crate::error::{Error, Result};
@@ -63,7 +63,13 @@ impl Store {
         options: &GetOptions,
         progress: &dyn Progress,
     ) -> Result<GetReport> {
-        let source_format = self.snapshot(name)?.model.source_format;
+        // The catalog row alone: reading the model's records here, outside the retry, would
+        // fail when a concurrent gc moves them.
+        let source_format = self
+            .engine
+            .read(|q| q.model(name))?
+            .ok_or_else(|| StorageError::ModelNotFound(name.to_string()))?
+            .source_format;
         match conversion(&source_format, out, options) {
             None => self.get(name, out, progress),
             Some(target) => {
