@@ -95,6 +95,34 @@ def bytea_baseline(url, files, out_dir):
     return size, insert, select
 
 
+def extension_vs_bytea(url, files, out_dir):
+    """The extension's put_bytes / get_bytes against inserting / selecting the same bytea, all
+    inside the server (the files are rows of the bytea database already): seconds summed over
+    the files, or None where the extension is not installed."""
+    db = url.rsplit("/", 1)[0] + "/ns_bench_bytea"
+    if psql(db, "SELECT count(*) FROM pg_available_extensions WHERE name = 'neurstore'") == "0":
+        return None
+    psql(db, "CREATE EXTENSION IF NOT EXISTS neurstore")
+    psql(db, "CREATE TABLE IF NOT EXISTS copies (name text PRIMARY KEY, data bytea NOT NULL)")
+    t = {"insert_s": 0.0, "put_bytes_s": 0.0, "select_s": 0.0, "get_bytes_s": 0.0}
+    for i, _ in enumerate(files):
+        t["insert_s"] += timed(lambda i=i: psql(
+            db, f"INSERT INTO copies SELECT name, data FROM models WHERE name = 'm{i}'"))
+        t["put_bytes_s"] += timed(lambda i=i: psql(
+            db, f"SELECT neurstore.put_bytes('m{i}', data) FROM models WHERE name = 'm{i}'"))
+    for i, _ in enumerate(files):
+        out = os.path.join(out_dir, f"m{i}.bin")
+        t["select_s"] += timed(lambda i=i, out=out: psql(
+            db, f"\\copy (SELECT data FROM models WHERE name = 'm{i}') TO '{out}' WITH (FORMAT binary)"))
+        os.remove(out)
+        t["get_bytes_s"] += timed(lambda i=i, out=out: psql(
+            db, f"\\copy (SELECT neurstore.get_bytes('m{i}')) TO '{out}' WITH (FORMAT binary)"))
+        os.remove(out)
+    t["put_bytes_over_insert_speed"] = t["insert_s"] / t["put_bytes_s"]
+    t["get_bytes_over_select_speed"] = t["select_s"] / t["get_bytes_s"]
+    return t
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", nargs="+")
@@ -116,6 +144,13 @@ def main():
         results["bytea"] = {"database_bytes": size, "insert_s": insert, "select_s": select}
         print(f"{len(args.files)} files, {raw / 1e6:.1f} MB; as bytea rows: {size / 1e6:.1f} MB "
               f"(insert {insert:.2f} s, select {select:.2f} s)")
+        ext = extension_vs_bytea(url, args.files, work)
+        results["extension"] = ext
+        if ext:
+            print(f"extension (lossless, inside the server): put_bytes {ext['put_bytes_s']:.2f} s vs "
+                  f"INSERT of the bytea {ext['insert_s']:.2f} s ({ext['put_bytes_over_insert_speed']:.2f}x "
+                  f"speed); get_bytes {ext['get_bytes_s']:.2f} s vs SELECT {ext['select_s']:.2f} s "
+                  f"({ext['get_bytes_over_select_speed']:.2f}x)")
         for tol in [None, *args.tolerance]:
             mode_args = [] if tol is None else ["--tolerance", str(tol)]
             label = "lossless" if tol is None else f"abs {tol:g}"
