@@ -69,6 +69,15 @@ fn get_bytes(store: &Store, name: &str, dir: &Path) -> Vec<u8> {
     std::fs::read(&out).unwrap()
 }
 
+/// Asserts that model `name` reads back as the bytes of the file at `original`.
+fn reads_back(store: &Store, name: &str, original: &Path, dir: &Path) {
+    assert_eq!(
+        get_bytes(store, name, dir),
+        std::fs::read(original).unwrap(),
+        "{name} did not read back byte for byte"
+    );
+}
+
 fn count(url: &str, sql: &str) -> i64 {
     pg::client(url).query_one(sql, &[]).unwrap().get(0)
 }
@@ -103,14 +112,8 @@ fn a_store_in_postgres_round_trips_dedups_and_collects() {
         .unwrap();
     assert!(again.fully_deduplicated, "{again:?}");
 
-    assert_eq!(
-        get_bytes(&store, "base", dir.path()),
-        std::fs::read(&base).unwrap()
-    );
-    assert_eq!(
-        get_bytes(&store, "tune", dir.path()),
-        std::fs::read(&tune).unwrap()
-    );
+    reads_back(&store, "base", &base, dir.path());
+    reads_back(&store, "tune", &tune, dir.path());
     let verify = store.verify(&NoProgress).unwrap();
     assert!(verify.problems.is_empty(), "{:?}", verify.problems);
     assert_eq!(verify.models, 4);
@@ -152,10 +155,7 @@ fn a_store_in_postgres_round_trips_dedups_and_collects() {
     assert!(chunk_bytes(&url) < before);
     drop(store);
     let reader = Store::open(Path::new(&url)).unwrap();
-    assert_eq!(
-        get_bytes(&reader, "base", dir.path()),
-        std::fs::read(&base).unwrap()
-    );
+    reads_back(&reader, "base", &base, dir.path());
     assert!(reader.verify(&NoProgress).unwrap().problems.is_empty());
 }
 
@@ -191,14 +191,8 @@ fn concurrent_writers_both_commit_and_store_shared_tensors_once() {
         h.join().unwrap();
     }
     let reader = Store::open(Path::new(url.as_str())).unwrap();
-    assert_eq!(
-        get_bytes(&reader, "a", dir.path()),
-        std::fs::read(&a).unwrap()
-    );
-    assert_eq!(
-        get_bytes(&reader, "b", dir.path()),
-        std::fs::read(&b).unwrap()
-    );
+    reads_back(&reader, "a", &a, dir.path());
+    reads_back(&reader, "b", &b, dir.path());
     // a: 6 matrices + bias; b adds its 2 own matrices (the shared four and the bias are
     // stored once).
     let stats = reader.stats().unwrap();
@@ -286,14 +280,8 @@ fn pg_dump_and_pg_restore_carry_the_models() {
         .unwrap();
     assert!(status.success());
     let store = Store::open(Path::new(&restored)).unwrap();
-    assert_eq!(
-        get_bytes(&store, "base", dir.path()),
-        std::fs::read(&base).unwrap()
-    );
-    assert_eq!(
-        get_bytes(&store, "tune", dir.path()),
-        std::fs::read(&tune).unwrap()
-    );
+    reads_back(&store, "base", &base, dir.path());
+    reads_back(&store, "tune", &tune, dir.path());
     assert!(store.verify(&NoProgress).unwrap().problems.is_empty());
 }
 
@@ -334,9 +322,11 @@ fn grants_and_row_level_security_decide_who_sees_which_models() {
     let alice = Store::open(Path::new(&as_role("alice"))).unwrap();
     let names: Vec<String> = alice.list().unwrap().into_iter().map(|m| m.name).collect();
     assert_eq!(names, vec!["alice-model".to_string()]);
-    assert_eq!(
-        get_bytes(&alice, "alice-model", dir.path()),
-        std::fs::read(dir.path().join("alice-model.safetensors")).unwrap()
+    reads_back(
+        &alice,
+        "alice-model",
+        &dir.path().join("alice-model.safetensors"),
+        dir.path(),
     );
     let hidden = alice
         .get("bob-model", &dir.path().join("stolen"), &NoProgress)

@@ -126,6 +126,15 @@ fn file_len(sql: &dyn Sql, name: &str) -> crate::Result<Option<u64>> {
         .transpose()
 }
 
+/// Records a file's length.
+fn set_file_len(sql: &dyn Sql, name: &str, len: u64) -> crate::Result<()> {
+    sql.execute(
+        "UPDATE pack_files SET len = ?2 WHERE name = ?1",
+        params![name, len],
+    )?;
+    Ok(())
+}
+
 impl Backend for ChunkBackend {
     fn open(&self, name: &str, create: bool) -> io::Result<Arc<dyn StorageFile>> {
         let len = with(&*self.runner, |sql| {
@@ -276,10 +285,7 @@ impl ChunkFile {
                 )?;
             }
             if all {
-                sql.execute(
-                    "UPDATE pack_files SET len = ?2 WHERE name = ?1",
-                    params![&self.name, len],
-                )?;
+                set_file_len(sql, &self.name, len)?;
             }
             Ok(())
         })?;
@@ -385,11 +391,7 @@ impl StorageFile for ChunkFile {
                     params![&self.name, last - 1, keep],
                 )?;
             }
-            sql.execute(
-                "UPDATE pack_files SET len = ?2 WHERE name = ?1",
-                params![&self.name, len],
-            )?;
-            Ok(())
+            set_file_len(sql, &self.name, len)
         })?;
         state.len = len;
         state.synced_len = len;
