@@ -900,9 +900,15 @@ impl WriteTxn<'_> {
         Ok(id)
     }
 
+    /// One statement: it runs for every new sketched object.
     fn bump_index_generation(&self) -> Result<()> {
-        let next = self.index_generation()? + 1;
-        self.set_meta("index_generation", &next.to_string())
+        self.tx.execute(
+            "INSERT INTO store_meta (key, value) VALUES ('index_generation', '1') \
+             ON CONFLICT (key) DO UPDATE \
+             SET value = CAST(CAST(store_meta.value AS BIGINT) + 1 AS TEXT)",
+            &[],
+        )?;
+        Ok(())
     }
 
     /// Moves an object's blob (garbage collection).
