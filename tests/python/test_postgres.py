@@ -39,6 +39,7 @@ def test_a_store_in_postgres_is_used_like_a_directory(pg_url):
     base = {f"w{i}": rng.standard_normal((64, 64)).astype(np.float32) for i in range(4)}
     tune = {k: v + 1e-3 * rng.standard_normal(v.shape).astype(np.float32) for k, v in base.items()}
     with neurstore.open(pg_url) as store:
+        assert store.path == pg_url  # the URL as given (it has no password), not a folded path
         store.put("base", base)
         report = store.put("tune", tune, tolerance=1e-4)
         assert report["delta_tensors"] == 4

@@ -64,7 +64,7 @@ impl Store {
         if !self.writable {
             return Err(InvalidInput::new_err(format!(
                 "{} is open read-only; open it with read_only=False to change it",
-                self.root.display()
+                neurstore::store_label(&self.root)
             )));
         }
         let mut guard = self.handle.lock().unwrap_or_else(|e| e.into_inner());
@@ -130,10 +130,17 @@ impl Store {
         })
     }
 
-    /// The store's directory.
+    /// The store's directory (a `pathlib.Path`), or the URL of a store in PostgreSQL (a `str`,
+    /// without its password: a path would fold its `//`).
     #[getter]
-    fn path(&self) -> PathBuf {
-        self.root.clone()
+    fn path<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        if neurstore::is_database_url(&self.root) {
+            Ok(neurstore::store_label(&self.root)
+                .into_pyobject(py)?
+                .into_any())
+        } else {
+            Ok(self.root.clone().into_pyobject(py)?.into_any())
+        }
     }
 
     /// True when writes are allowed (the lock is taken at the first one).

@@ -90,6 +90,8 @@ impl Deref for BlobBytes {
 struct OpenPack {
     file: Arc<dyn StorageFile>,
     map: Option<Arc<memmap2::Mmap>>,
+    /// The file's length when last asked; asked again only when a blob ends past it.
+    known_len: u64,
 }
 
 /// Read access to the pack files of a store, with open files and maps cached.
@@ -149,7 +151,11 @@ impl PackReader {
                         StorageError::io(format!("opening pack {}", loc.pack_id), e)
                     }
                 })?;
-            slot.insert(OpenPack { file, map: None });
+            slot.insert(OpenPack {
+                file,
+                map: None,
+                known_len: 0,
+            });
         }
         let pack = open.get_mut(&loc.pack_id).expect("inserted above");
         let mapped_len = |p: &OpenPack| p.map.as_ref().map_or(0, |m| m.len() as u64);
@@ -167,20 +173,25 @@ impl PackReader {
                 loc.offset as usize..end as usize,
             ));
         }
-        let file = pack.file.clone();
-        drop(open);
-        let file_len = file
-            .len()
-            .map_err(|e| StorageError::io(format!("pack {}", loc.pack_id), e))?;
-        if file_len < end {
+        if pack.known_len < end {
+            // Checked before the allocation below, so a damaged location cannot ask for more
+            // memory than the pack holds.
+            pack.known_len = pack
+                .file
+                .len()
+                .map_err(|e| StorageError::io(format!("pack {}", loc.pack_id), e))?;
+        }
+        if pack.known_len < end {
             return Err(StorageError::corrupt(
                 what,
                 format!(
-                    "pack {} is {file_len} bytes but the blob ends at {end}",
-                    loc.pack_id
+                    "pack {} is {} bytes but the blob ends at {end}",
+                    loc.pack_id, pack.known_len
                 ),
             ));
         }
+        let file = pack.file.clone();
+        drop(open);
         let mut buf = vec![0u8; loc.len as usize];
         file.read_at(&mut buf, loc.offset)
             .map_err(|e| StorageError::io(format!("reading pack {}", loc.pack_id), e))?;

@@ -317,6 +317,20 @@ pub fn in_store(err: Error, root: &Path, action: &str) -> Error {
     }
 }
 
+/// True when `location` is the URL of a store in PostgreSQL rather than a directory.
+pub fn is_database_url(location: &Path) -> bool {
+    neurstore_storage::engine::postgres_url(location).is_some()
+}
+
+/// How messages and front ends name the store at `location`: its directory, or the URL of a
+/// store in PostgreSQL without its password.
+pub fn store_label(location: &Path) -> String {
+    match neurstore_storage::engine::postgres_url(location) {
+        Some(url) => neurstore_storage::postgres::display_url(url),
+        None => location.display().to_string(),
+    }
+}
+
 /// Model names: 1 to 200 characters, no control characters, no '/'.
 pub(crate) fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()

@@ -93,8 +93,9 @@ class Store:
     # -- lifetime -------------------------------------------------------------------------
 
     @property
-    def path(self) -> pathlib.Path:
-        """The store's directory."""
+    def path(self) -> Union[pathlib.Path, str]:
+        """The store's directory, or for a store in PostgreSQL its URL (a ``str``, without the
+        password)."""
         return self._native.path
 
     @property

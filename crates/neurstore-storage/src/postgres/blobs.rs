@@ -24,6 +24,12 @@ pub const CHUNK: u64 = 1 << 20;
 pub trait SqlRunner: Send + Sync {
     /// Runs `f`; its statements take effect together or not at all.
     fn run(&self, f: &mut dyn FnMut(&dyn Sql) -> crate::Result<()>) -> crate::Result<()>;
+
+    /// Runs `f`, whose statements only read and need no common snapshot: a runner may run
+    /// each as a transaction of its own, saving the round trips of `BEGIN` and `COMMIT`.
+    fn read(&self, f: &mut dyn FnMut(&dyn Sql) -> crate::Result<()>) -> crate::Result<()> {
+        self.run(f)
+    }
 }
 
 fn to_io(e: StorageError) -> io::Error {
@@ -33,19 +39,34 @@ fn to_io(e: StorageError) -> io::Error {
     }
 }
 
-/// Runs `f` through `runner`, returning what it produced.
+/// Runs `f` through `runner` in one transaction, returning what it produced.
 fn with<T>(
     runner: &dyn SqlRunner,
+    f: impl FnMut(&dyn Sql) -> crate::Result<T>,
+) -> io::Result<T> {
+    collect(f, |g| runner.run(g))
+}
+
+/// Runs the read-only `f` through `runner` ([`SqlRunner::read`]), returning what it produced.
+fn reading<T>(
+    runner: &dyn SqlRunner,
+    f: impl FnMut(&dyn Sql) -> crate::Result<T>,
+) -> io::Result<T> {
+    collect(f, |g| runner.read(g))
+}
+
+/// Calls `f` through `run` and hands back its value.
+fn collect<T>(
     mut f: impl FnMut(&dyn Sql) -> crate::Result<T>,
+    run: impl FnOnce(&mut dyn FnMut(&dyn Sql) -> crate::Result<()>) -> crate::Result<()>,
 ) -> io::Result<T> {
     let mut out = None;
-    runner
-        .run(&mut |sql| {
-            out = Some(f(sql)?);
-            Ok(())
-        })
-        .map_err(to_io)?;
-    Ok(out.expect("run calls f once when it succeeds"))
+    run(&mut |sql| {
+        out = Some(f(sql)?);
+        Ok(())
+    })
+    .map_err(to_io)?;
+    Ok(out.expect("runs call f once when they succeed"))
 }
 
 /// Blob connections of a client kept open for reuse.
@@ -68,22 +89,20 @@ impl Pool {
     }
 }
 
-impl SqlRunner for Pool {
-    fn run(&self, f: &mut dyn FnMut(&dyn Sql) -> crate::Result<()>) -> crate::Result<()> {
+impl Pool {
+    /// Runs `f` on an idle connection (or a new one), then keeps the connection for reuse
+    /// unless it broke.
+    fn on_conn(
+        &self,
+        f: impl FnOnce(&Mutex<super::PgConn>) -> crate::Result<()>,
+    ) -> crate::Result<()> {
         let taken = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match taken {
             Some(c) => c,
             None => super::PgConn::new(super::connect(&self.url)?),
         };
         let conn = Mutex::new(conn);
-        let result = {
-            // Dropped uncommitted on an error: rolled back.
-            let txn = super::PgTxn::begin(&conn, "BEGIN")?;
-            match f(&txn) {
-                Ok(()) => txn.commit_txn(),
-                Err(e) => Err(e),
-            }
-        };
+        let result = f(&conn);
         let mut conn = conn.into_inner().unwrap_or_else(|e| e.into_inner());
         if !conn.client().is_closed() {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -92,6 +111,22 @@ impl SqlRunner for Pool {
             }
         }
         result
+    }
+}
+
+impl SqlRunner for Pool {
+    fn run(&self, f: &mut dyn FnMut(&dyn Sql) -> crate::Result<()>) -> crate::Result<()> {
+        self.on_conn(|conn| {
+            // Dropped uncommitted on an error: rolled back.
+            let txn = super::PgTxn::begin(conn, "BEGIN")?;
+            f(&txn)?;
+            txn.commit_txn()
+        })
+    }
+
+    /// Each statement commits on its own (no transaction around them).
+    fn read(&self, f: &mut dyn FnMut(&dyn Sql) -> crate::Result<()>) -> crate::Result<()> {
+        self.on_conn(|conn| f(conn))
     }
 }
 
@@ -234,25 +269,51 @@ impl ChunkFile {
         Ok(())
     }
 
-    /// Bytes `[start, start + len)` of chunk `chunk` as the database holds them.
-    fn read_chunk(&self, chunk: u64, start: u64, len: u64) -> io::Result<Vec<u8>> {
-        let bytes: Option<Vec<u8>> = with(&*self.runner, |sql| {
-            sql.query_opt(
-                "SELECT substring(bytes FROM CAST(?3 AS integer) FOR CAST(?4 AS integer)) \
-                 FROM pack_chunks WHERE name = ?1 AND chunk = ?2",
-                params![&self.name, chunk, start + 1, len],
+    /// Bytes from `start` in chunk `first` up to `end` (exclusive) in chunk `last` as the
+    /// database holds them, into `out` (of exactly that length), in one query.
+    fn read_chunks(
+        &self,
+        (first, start): (u64, u64),
+        (last, end): (u64, u64),
+        out: &mut [u8],
+    ) -> io::Result<()> {
+        let pieces: Vec<(i64, Vec<u8>)> = reading(&*self.runner, |sql| {
+            sql.query(
+                "SELECT chunk, substring(bytes \
+                     FROM CAST(CASE WHEN chunk = ?2 THEN CAST(?4 AS bigint) ELSE 0 END + 1 \
+                               AS integer) \
+                     FOR CAST(CASE WHEN chunk = ?3 THEN CAST(?5 AS bigint) \
+                                   ELSE CAST(?6 AS bigint) END \
+                              - CASE WHEN chunk = ?2 THEN CAST(?4 AS bigint) ELSE 0 END \
+                              AS integer)) \
+                 FROM pack_chunks WHERE name = ?1 AND chunk BETWEEN ?2 AND ?3 ORDER BY chunk",
+                params![&self.name, first, last, start, end, CHUNK],
             )?
-            .map(|r| r.get(0))
-            .transpose()
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?)))
+            .collect()
         })?;
-        let bytes = bytes.unwrap_or_default();
-        if (bytes.len() as u64) < len {
+        let mut filled = 0;
+        for (i, (chunk, bytes)) in pieces.into_iter().enumerate() {
+            let expected = first + i as u64;
+            let from = if expected == first { start } else { 0 };
+            let to = if expected == last { end } else { CHUNK };
+            if chunk != expected as i64 || bytes.len() as u64 != to - from {
+                break;
+            }
+            out[filled..filled + bytes.len()].copy_from_slice(&bytes);
+            filled += bytes.len();
+        }
+        if filled != out.len() {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("pack file {} is short in chunk {chunk}", self.name),
+                format!(
+                    "pack file {} is short in chunks {first} to {last}",
+                    self.name
+                ),
             ));
         }
-        Ok(bytes)
+        Ok(())
     }
 
     /// Writes chunks to the database: the full ones only, or all with `all`; then, with
@@ -324,17 +385,26 @@ impl StorageFile for ChunkFile {
                 format!("read past the end of pack file {}", self.name),
             ));
         }
+        // Chunks buffered here are copied; each run of chunks between them is one query.
         let mut at = offset;
         while at < end {
             let chunk = at / CHUNK;
             let start = at - chunk * CHUNK;
-            let n = (CHUNK - start).min(end - at);
-            let out = &mut buf[(at - offset) as usize..(at - offset + n) as usize];
-            match state.dirty.get(&chunk) {
-                Some(bytes) => out.copy_from_slice(&bytes[start as usize..(start + n) as usize]),
-                None => out.copy_from_slice(&self.read_chunk(chunk, start, n)?),
+            if let Some(bytes) = state.dirty.get(&chunk) {
+                let n = (CHUNK - start).min(end - at);
+                let out = &mut buf[(at - offset) as usize..(at - offset + n) as usize];
+                out.copy_from_slice(&bytes[start as usize..(start + n) as usize]);
+                at += n;
+                continue;
             }
-            at += n;
+            let mut last = chunk;
+            while (last + 1) * CHUNK < end && !state.dirty.contains_key(&(last + 1)) {
+                last += 1;
+            }
+            let run_end = ((last + 1) * CHUNK).min(end);
+            let out = &mut buf[(at - offset) as usize..(run_end - offset) as usize];
+            self.read_chunks((chunk, start), (last, run_end - last * CHUNK), out)?;
+            at = run_end;
         }
         Ok(())
     }
@@ -350,11 +420,10 @@ impl StorageFile for ChunkFile {
             if !state.dirty.contains_key(&chunk) {
                 // The chunk's current bytes, if the database holds any.
                 let held = state.synced_len.saturating_sub(chunk * CHUNK).min(CHUNK);
-                let bytes = if held > 0 {
-                    self.read_chunk(chunk, 0, held)?
-                } else {
-                    Vec::new()
-                };
+                let mut bytes = vec![0; held as usize];
+                if held > 0 {
+                    self.read_chunks((chunk, 0), (chunk, held), &mut bytes)?;
+                }
                 state.dirty.insert(chunk, bytes);
             }
             let bytes = state.dirty.get_mut(&chunk).expect("inserted above");
