@@ -147,7 +147,7 @@ impl Engine {
         report.packs_removed = doomed.len() as u64;
         // The catalog no longer names these packs; a crash here leaves doomed rows recovery
         // finishes.
-        self.remove_doomed(&doomed.into_iter().collect::<Vec<_>>())?;
+        self.remove_doomed_after_commit(&doomed.into_iter().collect::<Vec<_>>())?;
         report.pack_bytes_after = self.disk_usage()?.pack_bytes;
         Ok(report)
     }
@@ -394,7 +394,7 @@ impl Engine {
         self.format.store(2, std::sync::atomic::Ordering::Release);
         report.packs_rewritten = packs.len() as u64;
         report.packs_removed = packs.len() as u64;
-        self.remove_doomed(&packs.iter().map(|p| p.0).collect::<Vec<_>>())?;
+        self.remove_doomed_after_commit(&packs.iter().map(|p| p.0).collect::<Vec<_>>())?;
         report.pack_bytes_after = self.disk_usage()?.pack_bytes;
         Ok(report)
     }
