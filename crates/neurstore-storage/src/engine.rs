@@ -1226,6 +1226,53 @@ mod tests {
     }
 
     #[test]
+    fn failed_pack_removal_after_a_gc_commit_latches_until_reopen() {
+        use crate::fault::{Fault, FaultBackend, OpKind};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("s");
+        Engine::init(&root).unwrap();
+        let disk = FaultBackend::new();
+        let engine = fault_writer(&root, &disk);
+        put(&engine, "a", &[1u8; 100]);
+        put(&engine, "b", &[2u8; 100]);
+        engine
+            .begin_write()
+            .unwrap()
+            .commit(|tx| tx.delete_model("a").map(|_| ()))
+            .unwrap();
+        disk.inject(Fault {
+            only: Some(OpKind::Remove),
+            ..Fault::sticky(disk.ops_of(OpKind::Remove))
+        });
+        // gc commits, then fails to remove the pack it doomed: an error, and a latched writer.
+        assert!(engine.gc(|_, _| {}).is_err());
+        assert_eq!(disk.injected(), 1);
+        assert!(matches!(engine.begin_write(), Err(StorageError::Poisoned)));
+        let ops = disk.ops();
+        assert!(engine.gc(|_, _| {}).is_err());
+        assert_eq!(disk.ops(), ops);
+        drop(engine);
+        // Reopened on a healthy disk, recovery removes the doomed pack; b reads back.
+        let image = disk.current_image();
+        let engine = fault_writer(&root, &image);
+        assert_eq!(engine.read(|q| q.packs()).unwrap().len(), 1);
+        assert_eq!(
+            image
+                .names()
+                .iter()
+                .filter(|n| n.ends_with(".pack"))
+                .count(),
+            1
+        );
+        let b = engine.read(|q| q.model("b")).unwrap().unwrap();
+        let files = engine.read(|q| q.model_files(b.id)).unwrap();
+        assert_eq!(
+            &*engine.read_blob(&files[0].object, "b").unwrap(),
+            &[2u8; 100][..]
+        );
+    }
+
+    #[test]
     fn failed_index_write_latches_and_a_latched_writer_writes_no_index() {
         use crate::fault::{Fault, FaultBackend};
         let tmp = tempfile::tempdir().unwrap();

@@ -24,9 +24,27 @@ pub(crate) fn object_extent(o: &ObjectRow) -> Option<(u64, u64)> {
     Some((o.location.offset, end - o.location.offset))
 }
 
+/// The one rule of which packs gc collects (docs/format.md, "Garbage collection"), from a pack's
+/// committed length, the bytes its live records cover (its header included) and whether it
+/// holds any live record. A pack with no live record left is removed, nothing copied. A pack
+/// holding live records is rewritten once its dead bytes are at least
+/// 1/[`GC_MIN_DEAD_SHARE`] of its committed length, so every 7 bytes copied return at least
+/// one; below that its garbage waits for more. A removed model whose objects other models still
+/// use leaves only its manifest record dead: too little to copy a pack for.
+pub fn pack_worth_collecting(committed: u64, live: u64, has_live_records: bool) -> bool {
+    if !has_live_records {
+        return true;
+    }
+    let dead = committed.saturating_sub(live);
+    dead > 0 && dead.saturating_mul(GC_MIN_DEAD_SHARE) >= committed
+}
+
+/// gc rewrites a pack holding live records once 1/`GC_MIN_DEAD_SHARE` of it is dead.
+pub const GC_MIN_DEAD_SHARE: u64 = 8;
+
 impl Engine {
-    /// Rewrites pack files holding dead records (of deleted models) so their space returns to
-    /// the file system. Readers that still hold a removed pack open keep reading it safely. On
+    /// Rewrites pack files holding enough dead records (of deleted models; see
+    /// [`pack_worth_collecting`]) so their space returns to the file system. Readers that still hold a removed pack open keep reading it safely. On
     /// a format-1 store, gc is the upgrade.
     pub fn gc(&self, mut progress: impl FnMut(u64, u64)) -> Result<GcReport> {
         if self.format_version() == 1 {
@@ -96,7 +114,7 @@ impl Engine {
         for (id, committed) in &packs {
             let records = live.get(id).map(Vec::as_slice).unwrap_or(&[]);
             let extent: u64 = records.iter().map(|r| r.1).sum();
-            if *committed > PACK_HEADER_LEN + extent || records.is_empty() {
+            if pack_worth_collecting(*committed, PACK_HEADER_LEN + extent, !records.is_empty()) {
                 doomed.insert(*id);
                 total += extent;
             }
@@ -147,14 +165,14 @@ impl Engine {
         report.packs_removed = doomed.len() as u64;
         // The catalog no longer names these packs; a crash here leaves doomed rows recovery
         // finishes.
-        self.remove_doomed(&doomed.into_iter().collect::<Vec<_>>())?;
+        self.remove_doomed_after_commit(&doomed.into_iter().collect::<Vec<_>>())?;
         report.pack_bytes_after = self.disk_usage()?.pack_bytes;
         Ok(report)
     }
 
     /// The byte spans of every pack that live data covers: pack headers, and the records (or,
     /// in format 1, the aligned blobs) the catalog names, padding included. Everything else in
-    /// a pack is dead: what gc returns.
+    /// a pack is dead: what gc returns, pack by pack, per [`pack_worth_collecting`].
     pub fn live_spans(&self) -> Result<BTreeMap<u64, Vec<(u64, u64)>>> {
         let (packs, objects, models, tombstones) = self.read(|q| {
             Ok((
@@ -199,7 +217,8 @@ impl Engine {
         Ok(spans)
     }
 
-    /// Bytes of committed pack space that no live record uses (what gc would return).
+    /// Bytes of committed pack space that gc would return: the bytes no live record uses, in
+    /// the packs [`pack_worth_collecting`] picks (in format 1, every pack: gc is the upgrade).
     pub fn reclaimable_bytes(&self) -> Result<u64> {
         let packs = self.read(|q| q.packs())?;
         let spans = self.live_spans()?;
@@ -212,10 +231,18 @@ impl Engine {
                 } else {
                     *len
                 };
-                let used: u64 = spans.get(id).map_or(0, |l| {
-                    l.iter().map(|(a, b)| b.min(&len).saturating_sub(*a)).sum()
-                });
-                len.saturating_sub(used)
+                let list = spans.get(id).map_or(&[][..], Vec::as_slice);
+                let used: u64 = list
+                    .iter()
+                    .map(|(a, b)| b.min(&len).saturating_sub(*a))
+                    .sum();
+                // In format 2 the first span is the pack header.
+                let has_records = list.len() > usize::from(!v1);
+                if v1 || pack_worth_collecting(len, used, has_records) {
+                    len.saturating_sub(used)
+                } else {
+                    0
+                }
             })
             .sum())
     }
@@ -394,7 +421,7 @@ impl Engine {
         self.format.store(2, std::sync::atomic::Ordering::Release);
         report.packs_rewritten = packs.len() as u64;
         report.packs_removed = packs.len() as u64;
-        self.remove_doomed(&packs.iter().map(|p| p.0).collect::<Vec<_>>())?;
+        self.remove_doomed_after_commit(&packs.iter().map(|p| p.0).collect::<Vec<_>>())?;
         report.pack_bytes_after = self.disk_usage()?.pack_bytes;
         Ok(report)
     }
@@ -437,5 +464,27 @@ fn model_record_of(
                 )
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pack_worth_collecting;
+
+    #[test]
+    fn gc_rewrites_a_pack_once_an_eighth_is_dead_and_removes_one_nothing_lives_in() {
+        const GIB: u64 = 1 << 30;
+        // A removed model's manifest record alone: not worth copying the pack.
+        assert!(!pack_worth_collecting(GIB, GIB - 600, true));
+        assert!(!pack_worth_collecting(40_000, 39_400, true));
+        // Nothing dead, nothing to do.
+        assert!(!pack_worth_collecting(4000, 4000, true));
+        // An eighth or more dead: rewritten.
+        assert!(pack_worth_collecting(4000, 3500, true));
+        assert!(!pack_worth_collecting(4000, 3501, true));
+        assert!(pack_worth_collecting(GIB, GIB / 2, true));
+        // No live record left: removed, however little is dead.
+        assert!(pack_worth_collecting(GIB, GIB - 600, false));
+        assert!(pack_worth_collecting(64, 64, false));
     }
 }

@@ -32,3 +32,4 @@ mod sqlite;
 
 pub use engine::{DiskUsage, Engine, EngineOptions, GcReport, RecoveryReport, WriteSession};
 pub use error::{Result, StorageError};
+pub use gc::{GC_MIN_DEAD_SHARE, pack_worth_collecting};

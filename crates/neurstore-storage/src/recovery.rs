@@ -187,6 +187,18 @@ impl Engine {
         }
     }
 
+    /// Removes the packs a gc or upgrade just doomed in its commit (its step 4). A failure
+    /// latches the writer like any failed write: the write committed, but the handle takes
+    /// nothing more until reopened, and the next recovery removes what is left.
+    pub(crate) fn remove_doomed_after_commit(&self, doomed: &[u64]) -> Result<u64> {
+        let mut state = self.writer()?;
+        let result = self.remove_doomed(doomed);
+        if result.is_err() {
+            state.poisoned = true;
+        }
+        result
+    }
+
     /// Removes the files of doomed packs, then their rows.
     pub(crate) fn remove_doomed(&self, doomed: &[u64]) -> Result<u64> {
         for id in doomed {

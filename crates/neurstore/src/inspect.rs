@@ -137,7 +137,8 @@ pub struct Stats {
     pub catalog_bytes: u64,
     /// Stored bytes of live objects.
     pub live_object_bytes: u64,
-    /// Pack bytes that `gc` can reclaim (blobs of deleted models), not counting alignment.
+    /// Pack bytes that `gc` would reclaim (records of deleted models, in the packs worth
+    /// rewriting: an eighth of the pack dead or more, or nothing left alive in it).
     pub reclaimable_bytes: u64,
     /// raw_bytes / stored_bytes.
     pub ratio: f64,

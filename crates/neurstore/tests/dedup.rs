@@ -1,4 +1,4 @@
-//! Invariant: each distinct tensor and file is stored once, removing a model never damages another that shares its objects, and `gc` returns every byte no live model uses.
+//! Invariant: each distinct tensor and file is stored once, removing a model never damages another that shares its objects, and `gc` returns the dead bytes of every pack where they are worth the copy (an eighth of the pack or more, or a pack nothing lives in) and copies nothing for less.
 
 mod common;
 
@@ -282,5 +282,59 @@ fn gc_across_small_packs_keeps_shared_and_empty_tensors() {
     f.store.remove("b").unwrap();
     f.store.gc(&NoProgress).unwrap();
     assert_eq!(f.store.stats().unwrap().reclaimable_bytes, 0);
+    f.assert_clean();
+}
+
+#[test]
+fn gc_copies_a_pack_only_when_the_bytes_it_returns_are_worth_the_copy() {
+    let f = fixture(StoreOptions::default());
+    let tensors: Vec<Tensor> = (0..4)
+        .map(|i| f32_tensor(&format!("layer.{i}.weight"), 64 * 1024, 20 + i))
+        .collect();
+    let bytes = safetensors_file(&tensors, None);
+    let path = f.write("model.safetensors", &bytes);
+    f.put("a", &path);
+    f.put("b", &path);
+    let before = f.store.stats().unwrap();
+
+    // Removing a leaves only its manifest record dead (b uses every object): not worth
+    // copying the megabyte b still uses.
+    f.store.remove("a").unwrap();
+    let gc = f.store.gc(&NoProgress).unwrap();
+    assert_eq!(
+        (gc.bytes_moved, gc.packs_rewritten, gc.packs_removed),
+        (0, 0, 0),
+        "{gc:?}"
+    );
+    let stats = f.store.stats().unwrap();
+    assert!(stats.pack_bytes >= before.pack_bytes, "{stats:?}");
+    assert_eq!(stats.reclaimable_bytes, 0, "{stats:?}");
+    f.assert_gets("b", &bytes);
+    f.assert_clean();
+
+    // A model sharing half its tensors, then b removed: half of the pack's tensors are dead,
+    // worth the copy of the other half.
+    let mut half = tensors[..2].to_vec();
+    half.extend((2..4).map(|i| f32_tensor(&format!("layer.{i}.weight"), 64 * 1024, 40 + i)));
+    let half_bytes = safetensors_file(&half, None);
+    f.put("c", &f.write("c.safetensors", &half_bytes));
+    f.store.remove("b").unwrap();
+    let gc = f.store.gc(&NoProgress).unwrap();
+    assert_eq!(gc.packs_removed, 1, "{gc:?}");
+    let moved_tensors = 4 * 64 * 1024 * 4;
+    assert!(
+        (moved_tensors..moved_tensors + 16 * 1024).contains(&gc.bytes_moved),
+        "{gc:?}"
+    );
+    assert_eq!(f.store.stats().unwrap().reclaimable_bytes, 0);
+    f.assert_gets("c", &half_bytes);
+    f.assert_clean();
+
+    // Removing the last model leaves no live object: the pack goes, its tombstones copied.
+    f.store.remove("c").unwrap();
+    let gc = f.store.gc(&NoProgress).unwrap();
+    assert_eq!(gc.packs_removed, 1, "{gc:?}");
+    assert!(gc.bytes_moved < 1024, "{gc:?}");
+    assert!(f.pack_files_len() < 1024, "{}", f.pack_files_len());
     f.assert_clean();
 }

@@ -3,92 +3,13 @@
 //! byte any model reads back, crash safe at every write point: after a power loss anywhere in
 //! the upgrade, the store reopens as the format-1 store it was or as the upgraded one.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+mod format_1_fixture;
 
-use neurstore::{ErrorKind, NoProgress, PutOptions, Store, StoreOptions};
-use neurstore_storage::backend::Backend;
-use neurstore_storage::fault::{CrashPolicy, FaultBackend};
+use std::path::Path;
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/format-1");
-
-/// The models of the fixture and the bytes each must read back as. The fixture was written by
-/// the last format-1 build: `base`, a lossless fine-tune `ft` (deltas), `q` (tolerance 1e-3,
-/// its output as that build gave it), a directory model `dir`, and a removed model's dead
-/// bytes.
-fn expected() -> Vec<(&'static str, PathBuf)> {
-    let at = |p: &str| Path::new(FIXTURE).join(p);
-    vec![
-        ("base", at("base.safetensors")),
-        ("dir", at("dir")),
-        ("ft", at("ft.safetensors")),
-        ("q", at("q-v1.safetensors")),
-    ]
-}
-
-fn copy_fixture(to: &Path) -> PathBuf {
-    let root = to.join("store");
-    std::fs::create_dir_all(root.join("packs")).unwrap();
-    std::fs::copy(
-        Path::new(FIXTURE).join("store/catalog.db"),
-        root.join("catalog.db"),
-    )
-    .unwrap();
-    std::fs::copy(
-        Path::new(FIXTURE).join("store/packs/00000001.pack"),
-        root.join("packs/00000001.pack"),
-    )
-    .unwrap();
-    root
-}
-
-fn same_tree(a: &Path, b: &Path) -> bool {
-    if a.is_dir() {
-        let names = |p: &Path| {
-            let mut v: Vec<_> = std::fs::read_dir(p)
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .collect();
-            v.sort();
-            v
-        };
-        names(a) == names(b) && names(a).iter().all(|n| same_tree(&a.join(n), &b.join(n)))
-    } else {
-        std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
-    }
-}
-
-/// Every model reads back as expected; `verify` is clean.
-fn check(store: &Store, scratch: &Path) -> Result<(), String> {
-    let names: Vec<String> = store
-        .list()
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .map(|m| m.name)
-        .collect();
-    let want: Vec<&str> = expected().iter().map(|e| e.0).collect();
-    if names != want {
-        return Err(format!("models {names:?}"));
-    }
-    for (i, (name, path)) in expected().into_iter().enumerate() {
-        let out = scratch.join(format!("out-{name}-{i}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&out).or_else(|_| std::fs::remove_file(&out));
-        store
-            .get(name, &out, &NoProgress)
-            .map_err(|e| format!("get {name}: {e}"))?;
-        if !same_tree(&out, &path) {
-            return Err(format!("{name} reads back different bytes"));
-        }
-    }
-    let problems = store
-        .verify(&NoProgress)
-        .map_err(|e| e.to_string())?
-        .problems;
-    if !problems.is_empty() {
-        return Err(format!("verify: {problems:?}"));
-    }
-    Ok(())
-}
+use format_1_fixture::{FIXTURE, check, copy_fixture, fixture_disk, open};
+use neurstore::{ErrorKind, NoProgress, PutOptions, Store};
+use neurstore_storage::fault::CrashPolicy;
 
 #[test]
 fn a_format_1_store_reads_refuses_writes_and_upgrades() {
@@ -128,28 +49,6 @@ fn a_format_1_store_reads_refuses_writes_and_upgrades() {
     let store = Store::open_writer(&root).unwrap();
     store.remove("new").unwrap();
     check(&store, dir.path()).unwrap();
-}
-
-/// The fixture's packs on a fault-injecting disk, every write synced.
-fn fixture_disk() -> FaultBackend {
-    let disk = FaultBackend::new();
-    let bytes = std::fs::read(Path::new(FIXTURE).join("store/packs/00000001.pack")).unwrap();
-    let file = disk.open("00000001.pack", true).unwrap();
-    file.write_at(&bytes, 0).unwrap();
-    file.sync().unwrap();
-    disk.sync_dir().unwrap();
-    disk
-}
-
-fn open(root: &Path, disk: &FaultBackend) -> neurstore::Result<Store> {
-    Store::open_with(
-        root,
-        StoreOptions {
-            write: true,
-            backend: Some(Arc::new(disk.clone())),
-            ..Default::default()
-        },
-    )
 }
 
 #[test]

@@ -18,9 +18,10 @@ use neurstore::{
     DType, Error, LoadedTensor, Mode, NoProgress, PutOptions, RecoveryReport, Store, StoreOptions,
     TensorInput,
 };
+use neurstore_storage::catalog::Queries;
 use neurstore_storage::fault::FaultBackend;
 use neurstore_storage::pack::pack_id_from_name;
-use neurstore_storage::{Engine, EngineOptions};
+use neurstore_storage::{Engine, EngineOptions, pack_worth_collecting};
 
 /// Small packs, so one put spans several of them (sealed packs, several pack directory syncs).
 pub const MAX_PACK_LEN: u64 = 24 * 1024;
@@ -401,8 +402,11 @@ fn check_models(
     }
 }
 
-/// Pack bytes of `disk` that no live blob of the catalog at `root` covers (with its alignment
-/// padding). The similarity index files are derived data and not counted.
+/// Pack bytes of `disk` that gc should have returned: bytes of a pack file that no live record
+/// of the catalog at `root` covers (with its alignment padding) in a pack gc collects
+/// (`pack_worth_collecting`: in the others a little garbage waits for more), bytes past a pack's
+/// committed length, and pack files the catalog does not name. The similarity index files are
+/// derived data and not counted.
 pub fn leaked_bytes(root: &Path, disk: &FaultBackend) -> Result<u64, String> {
     let options = EngineOptions {
         backend: Some(Arc::new(disk.clone())),
@@ -410,6 +414,11 @@ pub fn leaked_bytes(root: &Path, disk: &FaultBackend) -> Result<u64, String> {
     };
     let (engine, _) = Engine::open(root, options).map_err(|e| e.to_string())?;
     let mut spans = engine.live_spans().map_err(|e| e.to_string())?;
+    let committed: BTreeMap<u64, u64> = engine
+        .read(|q| q.packs())
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .collect();
     let mut leaked = 0;
     for name in disk.names() {
         let Some(id) = pack_id_from_name(&name) else {
@@ -420,6 +429,8 @@ pub fn leaked_bytes(root: &Path, disk: &FaultBackend) -> Result<u64, String> {
         let mut reach = 0;
         let mut list = spans.remove(&id).unwrap_or_default();
         list.sort();
+        // In format 2 the first span is the pack header.
+        let has_records = list.len() > 1;
         for (start, end) in list {
             let (start, end) = (start.max(reach).min(len), end.min(len));
             if end > start {
@@ -427,7 +438,15 @@ pub fn leaked_bytes(root: &Path, disk: &FaultBackend) -> Result<u64, String> {
                 reach = end;
             }
         }
-        leaked += len - covered;
+        leaked += match committed.get(&id) {
+            Some(&c) => {
+                let within = c.min(len);
+                let dead = within.saturating_sub(covered);
+                let collected = pack_worth_collecting(c, covered, has_records);
+                (len - within) + if collected { dead } else { 0 }
+            }
+            None => len - covered,
+        };
     }
     Ok(leaked)
 }
