@@ -385,7 +385,9 @@ impl StorageFile for ChunkFile {
                 format!("read past the end of pack file {}", self.name),
             ));
         }
-        // Chunks buffered here are copied; each run of chunks between them is one query.
+        // Chunks buffered here are copied; each run of chunks between them is one query, made
+        // without holding the state, so that reads of one pack proceed in parallel.
+        let mut runs = Vec::new();
         let mut at = offset;
         while at < end {
             let chunk = at / CHUNK;
@@ -402,9 +404,13 @@ impl StorageFile for ChunkFile {
                 last += 1;
             }
             let run_end = ((last + 1) * CHUNK).min(end);
-            let out = &mut buf[(at - offset) as usize..(run_end - offset) as usize];
-            self.read_chunks((chunk, start), (last, run_end - last * CHUNK), out)?;
+            runs.push(((chunk, start), (last, run_end - last * CHUNK), at..run_end));
             at = run_end;
+        }
+        drop(state);
+        for (from, to, range) in runs {
+            let out = &mut buf[(range.start - offset) as usize..(range.end - offset) as usize];
+            self.read_chunks(from, to, out)?;
         }
         Ok(())
     }
