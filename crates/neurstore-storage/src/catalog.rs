@@ -244,6 +244,11 @@ const OBJECT_COLUMNS: &str = "o.object_id, o.content_key, o.kind, o.dtype, o.sha
      o.pack_id, o.\"offset\", o.stored_len, o.checksum, o.refcount, o.base_id, o.chain_depth, o.tolerance, \
      o.max_error, o.decoded_key, \
      (SELECT b.decoded_key FROM objects b WHERE b.object_id = o.base_id)";
+/// The page size of a new catalog. SQLite's default, 4 KiB, would make the catalog of a store
+/// of a few small models mostly empty pages (each table and index takes at least one); rows
+/// here are 30 to 300 bytes, so 1 KiB pages stay well filled (docs/benchmarks.md, "Store
+/// format 2, measured after the merge").
+const PAGE_SIZE: i64 = 1024;
 const MODEL_COLUMNS: &str =
     "model_id, name, created_unix, source_format, metadata, raw_bytes, base_model, mode";
 
@@ -256,6 +261,9 @@ impl Catalog {
         }
         let mut conn = Connection::open_with_flags(path, flags)?;
         conn.busy_timeout(Duration::from_secs(30))?;
+        // Takes effect only on a new, empty database (an existing one keeps its page size):
+        // every table and index costs at least a page, and catalog rows are small.
+        conn.pragma_update(None, "page_size", PAGE_SIZE)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
