@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use neurstore_core::dtype::DType;
 use neurstore_core::safetensors;
 use neurstore_storage::StorageError;
-use neurstore_storage::catalog::{FileKind, FileRow, ModelRow, ObjectKind, Queries, TensorRow};
+use neurstore_storage::catalog::{FileKind, FileRow, ObjectKind, TensorRow};
 use neurstore_storage::pack::BlobBytes;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -22,8 +22,9 @@ use neurstore_formats::skeleton::Splice;
 use crate::Store;
 use crate::decode::{Fill, StreamBase, TensorData, check_key, release, release_range};
 use crate::error::{Error, Result};
-use crate::paths::{Staging, check_row_path};
+use crate::paths::Staging;
 use crate::progress::Progress;
+use crate::snapshot::Snapshot;
 
 /// Raw bytes of small tensors decoded at once before they are written (`get` holds two such
 /// windows: one decoding, one writing).
@@ -64,49 +65,7 @@ pub struct LoadedTensor {
     pub data: TensorData,
 }
 
-/// Everything needed to rebuild one model, read from one catalog snapshot.
-pub(crate) struct Snapshot {
-    pub(crate) model: ModelRow,
-    pub(crate) files: Vec<FileRow>,
-    pub(crate) tensors: Vec<TensorRow>,
-}
-
-impl Snapshot {
-    /// The tensors of one file of the model, in position order.
-    pub(crate) fn tensors_of(&self, path: &str) -> Vec<&TensorRow> {
-        self.tensors.iter().filter(|t| t.path == path).collect()
-    }
-}
-
 impl Store {
-    pub(crate) fn snapshot(&self, name: &str) -> Result<Snapshot> {
-        let (snapshot, record) = self.engine.read(|q| {
-            let model = q
-                .model(name)?
-                .ok_or_else(|| StorageError::ModelNotFound(name.to_string()))?;
-            let files = q.model_files(model.id)?;
-            let tensors = q.model_tensors(model.id)?;
-            // Before the manifest: a forger can recompute that, and the error names the path.
-            check_paths(&model.name, &files, &tensors)?;
-            q.check_manifest(&model, &files, &tensors)?;
-            let record = q.model_record_location(model.id)?;
-            let snapshot = Snapshot {
-                files,
-                tensors,
-                model,
-            };
-            Ok((snapshot, record))
-        })?;
-        // The manifest record in the packs, which the catalog cannot rewrite, says the same.
-        self.engine.check_model_record(
-            &snapshot.model,
-            &snapshot.files,
-            &snapshot.tensors,
-            record,
-        )?;
-        Ok(snapshot)
-    }
-
     /// Runs `f`, retrying when a concurrent garbage collection removed a pack it was about to read.
     pub(crate) fn with_retry<T>(&self, mut f: impl FnMut() -> Result<T>) -> Result<T> {
         let mut attempt = 1;
@@ -571,19 +530,6 @@ impl Store {
         }
         Ok(())
     }
-}
-
-/// Checks every file and tensor path of a model against the stored-path rule: nothing read
-/// from a store is trusted to name a place.
-fn check_paths(model: &str, files: &[FileRow], tensors: &[TensorRow]) -> Result<(), StorageError> {
-    let paths = files
-        .iter()
-        .map(|f| &f.path)
-        .chain(tensors.iter().map(|t| &t.path));
-    for path in paths {
-        check_row_path(model, path)?;
-    }
-    Ok(())
 }
 
 /// Checks that a stored header describes exactly the tensors the catalog lists, in order.

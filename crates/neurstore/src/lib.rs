@@ -45,6 +45,7 @@ mod plan;
 mod progress;
 mod put;
 mod resident;
+mod snapshot;
 
 use std::path::Path;
 
@@ -54,6 +55,7 @@ pub use decode::BaseCacheStats;
 pub use decode::TensorData;
 pub use error::{Error, ErrorKind, Result};
 pub use export::{GetReport, LoadedTensor};
+pub use import::TensorInput;
 pub use inspect::{
     FileInfo, KindStats, ModelInfo, ModelSummary, Stats, TensorInfo, VerifyReport, civil_from_days,
 };
@@ -68,7 +70,7 @@ pub use options::{
 };
 pub use paths::{MAX_STORED_PATH_BYTES, StoredPathError, validate_stored_path};
 pub use progress::{NoProgress, Progress};
-pub use put::{PutReport, TensorInput, TensorReport};
+pub use put::{PutReport, TensorReport};
 pub use resident::{ResidentModel, ResidentOptions, ResidentTensor, ResidentWeight, SharedBases};
 
 use neurstore_storage::catalog::Queries;
@@ -314,18 +316,5 @@ pub fn in_store(err: Error, root: &Path, action: &str) -> Error {
     match err {
         Error::Storage(e) => Error::Storage(e.in_store(root, action)),
         other => other,
-    }
-}
-
-/// Model names: 1 to 200 characters, no control characters, no '/'.
-pub(crate) fn validate_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.chars().count() <= 200
-        && !name.chars().any(|c| c.is_control() || c == '/')
-        && name.trim() == name;
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidName(name.to_string()))
     }
 }

@@ -85,10 +85,23 @@ impl BaseChoice {
             "auto" => Ok(BaseChoice::Auto),
             "none" => Ok(BaseChoice::None),
             name => {
-                crate::validate_name(name)?;
+                validate_name(name)?;
                 Ok(BaseChoice::Model(name.to_string()))
             }
         }
+    }
+}
+
+/// Model names: 1 to 200 characters, no control characters, no '/'.
+pub(crate) fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.chars().count() <= 200
+        && !name.chars().any(|c| c.is_control() || c == '/')
+        && name.trim() == name;
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidName(name.to_string()))
     }
 }
 

@@ -11,7 +11,7 @@ use neurstore_storage::catalog::ObjectRow;
 
 use crate::Store;
 use crate::error::Result;
-use crate::put::Mode;
+use crate::options::Mode;
 
 /// zstd level for deltas and quantized codes.
 const LEVEL: i32 = 1;

@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::time::Instant;
 
-use neurstore_core::dtype::DType;
 use neurstore_core::key::{Digest, file_key, tensor_key};
 use neurstore_core::sketch;
 use neurstore_storage::StorageError;
@@ -21,32 +20,18 @@ use neurstore_storage::record::ModelRecord;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::Store;
 use crate::error::Result;
+use crate::import::TensorInput;
 use crate::import::{SourceModel, read_source};
-use crate::options::{BaseChoice, PutOptions};
-// The planner names the mode through this module.
-pub(crate) use crate::options::Mode;
+use crate::options::{BaseChoice, PutOptions, validate_name};
 use crate::plan::{Item, Plan, plan_item};
 use crate::progress::Progress;
-use crate::{Store, validate_name};
 
 /// Raw bytes encoded at once before their blobs are appended (bounds memory during `put`).
 const BATCH_BYTES: u64 = 64 << 20;
 /// Candidates the similarity index proposes per tensor, re-ranked exactly.
 const CANDIDATES: usize = 4;
-
-/// A tensor given in memory to [`Store::put_tensors`].
-#[derive(Debug, Clone, Copy)]
-pub struct TensorInput<'a> {
-    /// Tensor name (unique within the model).
-    pub name: &'a str,
-    /// Element type.
-    pub dtype: DType,
-    /// Shape.
-    pub shape: &'a [u64],
-    /// Little-endian element bytes; the length must match dtype and shape.
-    pub data: &'a [u8],
-}
 
 /// How one tensor was (or, in a dry run, would be) stored.
 #[derive(Debug, Clone, Serialize)]
