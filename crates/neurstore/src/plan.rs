@@ -165,6 +165,9 @@ fn plan_file(item: &Item) -> Plan {
     }
 }
 
+/// A candidate base: its row and its decoded bytes.
+type Candidate<'r> = (&'r ObjectRow, std::sync::Arc<Vec<u8>>);
+
 /// Exact re-ranking of the candidates on the full tensors: the closest candidate of the same
 /// dtype and length (ties to the lowest id), decoded, or `None`.
 fn closest_base<'r>(
@@ -173,7 +176,7 @@ fn closest_base<'r>(
     dtype: DType,
     candidates: &[&'r ObjectRow],
     what: &str,
-) -> Result<Option<(&'r ObjectRow, std::sync::Arc<Vec<u8>>)>> {
+) -> Result<Option<Candidate<'r>>> {
     let mut best: Option<(&ObjectRow, std::sync::Arc<Vec<u8>>, f64)> = None;
     if sketch::indexable(dtype) {
         for row in candidates {

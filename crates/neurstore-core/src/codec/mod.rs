@@ -368,12 +368,12 @@ mod tests {
         let against = quantized::encode(DType::F32, &raw, Some(&base), 1e-4, 1)
             .unwrap()
             .bytes;
-        let cases: [(Codec, &[u8], Option<&[u8]>); 5] = [
-            (Codec::Raw, &raw, None),
+        let cases = [
+            (Codec::Raw, &raw[..], None),
             (Codec::Grouped, grouped.bytes.as_deref().unwrap(), None),
-            (Codec::Delta, &delta, Some(&base)),
-            (Codec::Quantized, &bounded, None),
-            (Codec::Quantized, &against, Some(&base)),
+            (Codec::Delta, &delta[..], Some(&base[..])),
+            (Codec::Quantized, &bounded[..], None),
+            (Codec::Quantized, &against[..], Some(&base[..])),
         ];
         for (codec, stored, base) in cases {
             let mut whole = vec![0u8; raw.len()];
