@@ -172,18 +172,6 @@ fn set_threads(requested: Option<usize>) -> anyhow::Result<()> {
         .context("setting up threads")
 }
 
-/// `--wait[=SECONDS]` as the lock wait of a writer.
-fn lock_wait(wait: Option<f64>) -> anyhow::Result<LockWait> {
-    Ok(match wait {
-        None => LockWait::No,
-        Some(s) if s == f64::INFINITY => LockWait::Forever,
-        Some(s) if s.is_finite() && s >= 0.0 => {
-            LockWait::For(std::time::Duration::from_secs_f64(s.min(1e9)))
-        }
-        Some(s) => anyhow::bail!("--wait: {s} is not a number of seconds; give one such as 30"),
-    })
-}
-
 /// The store and what a command was doing with it, for errors.
 struct Target<'a> {
     root: &'a Path,
@@ -219,7 +207,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     let target = Target {
         root: &root,
-        wait: lock_wait(cli.wait)?,
+        wait: neurstore::lock_wait(cli.wait)?,
     };
     let out = Printer { json: cli.json };
     let bar = Bar::new(!cli.json);

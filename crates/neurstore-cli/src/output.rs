@@ -4,8 +4,8 @@ use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use neurstore::{
-    GcReport, GetReport, ModelInfo, ModelSummary, Progress, PutReport, RemoveReport, Stats,
-    VerifyReport,
+    GcReport, GcSummary, GetReport, ModelInfo, ModelSummary, Progress, PutReport, RemoveReport,
+    Stats, VerifyReport,
 };
 use serde::Serialize;
 
@@ -229,26 +229,17 @@ impl Printer {
     }
 
     pub fn gc(&self, r: &GcReport) {
-        let value = serde_json::json!({
-            "packs_rewritten": r.packs_rewritten,
-            "packs_removed": r.packs_removed,
-            "bytes_moved": r.bytes_moved,
-            "pack_bytes_before": r.pack_bytes_before,
-            "pack_bytes_after": r.pack_bytes_after,
-            "reclaimed_bytes": r.pack_bytes_before.saturating_sub(r.pack_bytes_after)
-                + r.recovery.truncated_bytes + r.recovery.orphan_bytes,
-            "recovered_partial_bytes": r.recovery.truncated_bytes + r.recovery.orphan_bytes,
-        });
-        self.emit(&value, || {
+        let r = GcSummary::from(r);
+        self.emit(&r, || {
             say!(
                 "reclaimed {} (pack files {} -> {}; {} packs rewritten, {} removed, {} moved; {} of interrupted writes)",
-                bytes(r.pack_bytes_before.saturating_sub(r.pack_bytes_after) + r.recovery.truncated_bytes + r.recovery.orphan_bytes),
+                bytes(r.reclaimed_bytes),
                 bytes(r.pack_bytes_before),
                 bytes(r.pack_bytes_after),
                 r.packs_rewritten,
                 r.packs_removed,
                 bytes(r.bytes_moved),
-                bytes(r.recovery.truncated_bytes + r.recovery.orphan_bytes),
+                bytes(r.recovered_partial_bytes),
             )
         });
     }

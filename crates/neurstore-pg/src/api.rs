@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
-use neurstore::{BaseChoice, GcReport, Mode, NoProgress, PutOptions, Store};
+use neurstore::{BaseChoice, GcSummary, Mode, NoProgress, PutOptions, Store};
 use pgrx::pg_sys::errcodes::PgSqlErrorCode::{
     ERRCODE_FEATURE_NOT_SUPPORTED, ERRCODE_PROGRAM_LIMIT_EXCEEDED,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::errors::Failure;
 use crate::files::{Scratch, ServerFiles, io_failure};
@@ -107,24 +107,10 @@ pub fn rm(name: &str) -> Result<Value, Failure> {
     Ok(to_json(&writer(false)?.remove(name)?))
 }
 
-/// `neurstore.gc`.
+/// `neurstore.gc`: the fields of the CLI's `gc --json`.
 pub fn gc() -> Result<Value, Failure> {
     let report = writer(false)?.gc(&Interrupts)?;
-    Ok(gc_json(&report))
-}
-
-/// The fields of the CLI's `gc --json`.
-fn gc_json(r: &GcReport) -> Value {
-    let interrupted = r.recovery.truncated_bytes + r.recovery.orphan_bytes;
-    json!({
-        "packs_rewritten": r.packs_rewritten,
-        "packs_removed": r.packs_removed,
-        "bytes_moved": r.bytes_moved,
-        "pack_bytes_before": r.pack_bytes_before,
-        "pack_bytes_after": r.pack_bytes_after,
-        "reclaimed_bytes": r.pack_bytes_before.saturating_sub(r.pack_bytes_after) + interrupted,
-        "recovered_partial_bytes": interrupted,
-    })
+    Ok(to_json(&GcSummary::from(&report)))
 }
 
 /// `neurstore.verify`.

@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use neurstore::{ErrorKind, LockWait, NoProgress, Store as CoreStore, StoreOptions, TensorInput};
 use numpy::{PyReadonlyArray1, PyUntypedArrayMethods};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
 
 use crate::convert::{TensorTuple, put_options, report, tensor_tuple};
 use crate::{InvalidInput, to_py_err};
@@ -18,21 +17,6 @@ use crate::{InvalidInput, to_py_err};
 struct Handle {
     store: Arc<CoreStore>,
     writer: bool,
-}
-
-/// `wait=` of `open`: `None` fails at once when another process writes, a number of seconds
-/// waits that long, `float("inf")` as long as it takes.
-fn lock_wait(wait: Option<f64>) -> PyResult<LockWait> {
-    match wait {
-        None => Ok(LockWait::No),
-        Some(s) if s == f64::INFINITY => Ok(LockWait::Forever),
-        Some(s) if s.is_finite() && s >= 0.0 => Ok(LockWait::For(
-            std::time::Duration::from_secs_f64(s.min(1e9)),
-        )),
-        Some(s) => Err(InvalidInput::new_err(format!(
-            "wait must be None, True or a number of seconds >= 0, not {s}"
-        ))),
-    }
 }
 
 /// An open store (native half; see `neurstore.Store` for the documented API).
@@ -117,7 +101,7 @@ impl Store {
         writable: bool,
         wait: Option<f64>,
     ) -> PyResult<Self> {
-        let wait = lock_wait(wait)?;
+        let wait = neurstore::lock_wait(wait).map_err(to_py_err)?;
         let store = py.detach(|| open_or_create(&path, create && writable, !writable))?;
         Ok(Store {
             root: path,
@@ -338,19 +322,8 @@ impl Store {
         report(py, &done)
     }
 
-    fn gc<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    fn gc<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let done = py.detach(|| self.writer()?.gc(&NoProgress).map_err(to_py_err))?;
-        let recovery = PyDict::new(py);
-        recovery.set_item("truncated_bytes", done.recovery.truncated_bytes)?;
-        recovery.set_item("orphan_packs_removed", done.recovery.orphan_packs_removed)?;
-        recovery.set_item("orphan_bytes", done.recovery.orphan_bytes)?;
-        let dict = PyDict::new(py);
-        dict.set_item("packs_rewritten", done.packs_rewritten)?;
-        dict.set_item("packs_removed", done.packs_removed)?;
-        dict.set_item("bytes_moved", done.bytes_moved)?;
-        dict.set_item("pack_bytes_before", done.pack_bytes_before)?;
-        dict.set_item("pack_bytes_after", done.pack_bytes_after)?;
-        dict.set_item("recovery", recovery)?;
-        Ok(dict)
+        report(py, &neurstore::GcSummary::from(&done))
     }
 }

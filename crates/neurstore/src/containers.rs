@@ -17,7 +17,7 @@ use neurstore_storage::catalog::{FileKind, FileRow, ObjectKind, TensorRow};
 
 use crate::Store;
 use crate::error::Result;
-use crate::export::Snapshot;
+use crate::snapshot::Snapshot;
 
 /// Decodes a stored skeleton and checks its ranges against the file's tensor rows.
 pub(crate) fn decode_checked<'a>(

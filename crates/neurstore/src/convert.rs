@@ -21,9 +21,10 @@ use neurstore_storage::catalog::{FileKind, Queries, TensorRow};
 
 use crate::Store;
 use crate::error::{Error, Result};
-use crate::export::{GetReport, Snapshot};
+use crate::export::GetReport;
 use crate::paths::Staging;
 use crate::progress::Progress;
+use crate::snapshot::Snapshot;
 
 /// A format `get` can convert a model to.
 pub use neurstore_formats::convert::Target as OutputFormat;

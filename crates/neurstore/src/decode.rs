@@ -92,11 +92,17 @@ pub(crate) enum Fill {
     No,
 }
 
-fn dtype_of(o: &ObjectRow) -> DType {
-    match o.kind {
-        ObjectKind::Tensor { dtype } => dtype,
-        ObjectKind::File => DType::U8,
+/// A tensor object's element type (`None` for a file's bytes).
+pub(crate) fn tensor_dtype(kind: ObjectKind) -> Option<DType> {
+    match kind {
+        ObjectKind::Tensor { dtype } => Some(dtype),
+        ObjectKind::File => None,
     }
+}
+
+/// The element type an object is decoded as: a file's bytes as `U8`.
+fn dtype_of(o: &ObjectRow) -> DType {
+    tensor_dtype(o.kind).unwrap_or(DType::U8)
 }
 
 impl Store {
@@ -261,11 +267,8 @@ impl Store {
         let base = self.engine.read(|q| q.object(base_id))?.ok_or_else(|| {
             StorageError::corrupt(what, format!("base object {base_id} is missing"))
         })?;
-        let streamable = base.base.is_none()
-            && matches!(
-                (base.codec, base.kind),
-                (Codec::Raw | Codec::Grouped, _) | (Codec::Quantized, ObjectKind::Tensor { .. })
-            );
+        // Only a base without a base of its own is decoded by ranges alongside the tensor.
+        let streamable = base.base.is_none() && base.codec.ranged(tensor_dtype(base.kind), false);
         if !streamable {
             return Ok(StreamBase::Whole(self.base_bytes_with(
                 base_id,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use neurstore_core::dtype::DType;
 use neurstore_core::safetensors;
 use neurstore_storage::StorageError;
-use neurstore_storage::catalog::{FileKind, FileRow, ModelRow, ObjectKind, Queries, TensorRow};
+use neurstore_storage::catalog::{FileKind, FileRow, ObjectKind, TensorRow};
 use neurstore_storage::pack::BlobBytes;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -20,10 +20,13 @@ use neurstore_core::key::TensorKeyHasher;
 use neurstore_formats::skeleton::Splice;
 
 use crate::Store;
-use crate::decode::{Fill, StreamBase, TensorData, check_key, release, release_range};
+use crate::decode::{
+    Fill, StreamBase, TensorData, check_key, release, release_range, tensor_dtype,
+};
 use crate::error::{Error, Result};
-use crate::paths::{Staging, check_row_path};
+use crate::paths::Staging;
 use crate::progress::Progress;
+use crate::snapshot::Snapshot;
 
 /// Raw bytes of small tensors decoded at once before they are written (`get` holds two such
 /// windows: one decoding, one writing).
@@ -64,49 +67,7 @@ pub struct LoadedTensor {
     pub data: TensorData,
 }
 
-/// Everything needed to rebuild one model, read from one catalog snapshot.
-pub(crate) struct Snapshot {
-    pub(crate) model: ModelRow,
-    pub(crate) files: Vec<FileRow>,
-    pub(crate) tensors: Vec<TensorRow>,
-}
-
-impl Snapshot {
-    /// The tensors of one file of the model, in position order.
-    pub(crate) fn tensors_of(&self, path: &str) -> Vec<&TensorRow> {
-        self.tensors.iter().filter(|t| t.path == path).collect()
-    }
-}
-
 impl Store {
-    pub(crate) fn snapshot(&self, name: &str) -> Result<Snapshot> {
-        let (snapshot, record) = self.engine.read(|q| {
-            let model = q
-                .model(name)?
-                .ok_or_else(|| StorageError::ModelNotFound(name.to_string()))?;
-            let files = q.model_files(model.id)?;
-            let tensors = q.model_tensors(model.id)?;
-            // Before the manifest: a forger can recompute that, and the error names the path.
-            check_paths(&model.name, &files, &tensors)?;
-            q.check_manifest(&model, &files, &tensors)?;
-            let record = q.model_record_location(model.id)?;
-            let snapshot = Snapshot {
-                files,
-                tensors,
-                model,
-            };
-            Ok((snapshot, record))
-        })?;
-        // The manifest record in the packs, which the catalog cannot rewrite, says the same.
-        self.engine.check_model_record(
-            &snapshot.model,
-            &snapshot.files,
-            &snapshot.tensors,
-            record,
-        )?;
-        Ok(snapshot)
-    }
-
     /// Runs `f`, retrying when a concurrent garbage collection removed a pack it was about to read.
     pub(crate) fn with_retry<T>(&self, mut f: impl FnMut() -> Result<T>) -> Result<T> {
         let mut attempt = 1;
@@ -403,12 +364,11 @@ impl Store {
         let what = format!("{what} tensor {:?}", t.name);
         let object = &t.object;
         let io = |e| Error::io(dest, e);
-        let streamable = matches!(
-            (object.codec, object.base, object.kind),
-            (Codec::Grouped, None, _)
-                | (Codec::Delta, Some(_), ObjectKind::Tensor { .. })
-                | (Codec::Quantized, _, ObjectKind::Tensor { .. })
-        );
+        let dtype = tensor_dtype(object.kind);
+        // Raw tensors are written straight from the pack's map (below); the rest stream where
+        // their codec decodes by ranges.
+        let streamable =
+            object.codec != Codec::Raw && object.codec.ranged(dtype, object.base.is_some());
         if !streamable {
             let data = self.decode_object_with(object, &what, Fill::No)?;
             w.write_all(&data).map_err(io)?;
@@ -422,26 +382,10 @@ impl Store {
         let raw_len = object.raw_len;
         let corrupt =
             |e: codec::CodecError| StorageError::corrupt(&what, format!("cannot decode: {e}"));
-        enum Ranged<'s> {
-            Grouped(codec::grouped::Ranged<'s>),
-            Delta(codec::delta::Ranged<'s>),
-            Quantized(codec::quantized::Ranged<'s>),
-        }
-        let ranged = match (object.codec, object.kind) {
-            (Codec::Grouped, _) => {
-                Ranged::Grouped(codec::grouped::Ranged::new(&stored, raw_len).map_err(corrupt)?)
-            }
-            (Codec::Quantized, ObjectKind::Tensor { dtype }) => Ranged::Quantized(
-                codec::quantized::Ranged::new(dtype, &stored, raw_len).map_err(corrupt)?,
-            ),
-            _ => Ranged::Delta(codec::delta::Ranged::new(&stored, raw_len).map_err(corrupt)?),
-        };
-        let align = match &ranged {
-            Ranged::Grouped(r) => r.align(),
-            Ranged::Delta(r) => r.align(),
-            Ranged::Quantized(r) => r.align(),
-        };
-        let block = (STREAM_BLOCK / align).max(1) * align;
+        let ranged =
+            codec::Ranged::new(object.codec, dtype, object.base.is_some(), &stored, raw_len)
+                .map_err(corrupt)?;
+        let block = (STREAM_BLOCK / ranged.align()).max(1) * ranged.align();
         buf.resize(block.min(raw_len as usize), 0);
         let (base_src, mut hasher) = match (object.base, object.kind) {
             (Some(base_id), ObjectKind::Tensor { dtype }) => (
@@ -469,8 +413,8 @@ impl Store {
                 let base_corrupt = |e: codec::CodecError| {
                     StorageError::corrupt(base_what(*id), format!("cannot decode: {e}"))
                 };
-                Some(match (row.codec, row.kind) {
-                    (Codec::Raw, _) => {
+                Some(match row.codec {
+                    Codec::Raw => {
                         if bytes.len() as u64 != raw_len {
                             return Err(StorageError::corrupt(
                                 base_what(*id),
@@ -482,12 +426,15 @@ impl Store {
                         release(bytes);
                         BaseReader::Bytes(&bytes[..], Some(bytes))
                     }
-                    (Codec::Quantized, ObjectKind::Tensor { dtype }) => BaseReader::Quantized(
-                        codec::quantized::Ranged::new(dtype, bytes, raw_len)
-                            .map_err(base_corrupt)?,
-                    ),
-                    _ => BaseReader::Grouped(
-                        codec::grouped::Ranged::new(bytes, raw_len).map_err(base_corrupt)?,
+                    _ => BaseReader::Ranged(
+                        codec::Ranged::new(
+                            row.codec,
+                            tensor_dtype(row.kind),
+                            false,
+                            bytes,
+                            raw_len,
+                        )
+                        .map_err(base_corrupt)?,
                     ),
                 })
             }
@@ -499,7 +446,7 @@ impl Store {
             let base_range = match &base {
                 Some(reader) => Some(
                     reader
-                        .range(start, len, raw_len, &mut base_buf, &mut scratch)
+                        .range(start, len, &mut base_buf, &mut scratch)
                         .map_err(|e| {
                             let id = object.base.unwrap_or_default();
                             StorageError::corrupt(base_what(id), format!("cannot decode: {e}"))
@@ -508,15 +455,9 @@ impl Store {
                 None => None,
             };
             let out = &mut buf[..len];
-            match (&ranged, base_range) {
-                (Ranged::Grouped(r), _) => r.decode_range(start, out),
-                (Ranged::Delta(r), Some(b)) => r.decode_range(start, b, out),
-                (Ranged::Delta(_), None) => {
-                    Err(codec::CodecError("delta blob without a base".into()))
-                }
-                (Ranged::Quantized(r), b) => r.decode_range(start, b, out),
-            }
-            .map_err(corrupt)?;
+            ranged
+                .decode_range(start, base_range, out)
+                .map_err(corrupt)?;
             if let Some(BaseReader::Bytes(_, Some(blob))) = &base {
                 release_range(blob, start as usize..start as usize + len);
             }
@@ -571,19 +512,6 @@ impl Store {
         }
         Ok(())
     }
-}
-
-/// Checks every file and tensor path of a model against the stored-path rule: nothing read
-/// from a store is trusted to name a place.
-fn check_paths(model: &str, files: &[FileRow], tensors: &[TensorRow]) -> Result<(), StorageError> {
-    let paths = files
-        .iter()
-        .map(|f| &f.path)
-        .chain(tensors.iter().map(|t| &t.path));
-    for path in paths {
-        check_row_path(model, path)?;
-    }
-    Ok(())
 }
 
 /// Checks that a stored header describes exactly the tensors the catalog lists, in order.
@@ -656,45 +584,25 @@ enum BaseReader<'s> {
     /// Bytes held whole: decoded, or a raw object's stored bytes (then also its blob, whose
     /// mapped pages are released block by block).
     Bytes(&'s [u8], Option<&'s BlobBytes>),
-    /// A standalone grouped object, decoded by chunk ranges.
-    Grouped(codec::grouped::Ranged<'s>),
-    /// A standalone bounded object, reconstructed by element ranges.
-    Quantized(codec::quantized::Ranged<'s>),
+    /// A standalone grouped or bounded object, decoded by ranges.
+    Ranged(codec::Ranged<'s>),
 }
 
 impl BaseReader<'_> {
-    /// Base bytes `start..start + len` (of `raw_len`, the base's length checked beforehand),
-    /// decoded into `buf` when not held whole; `scratch` takes the chunks around a range not
-    /// aligned to a grouped base's chunks.
+    /// Base bytes `start..start + len`, decoded into `buf` when not held whole; `scratch` takes
+    /// the chunks around a range not aligned to a grouped base's chunks.
     fn range<'b>(
         &'b self,
         start: u64,
         len: usize,
-        raw_len: u64,
         buf: &'b mut Vec<u8>,
         scratch: &mut Vec<u8>,
     ) -> std::result::Result<&'b [u8], codec::CodecError> {
-        let end = start + len as u64;
         match self {
-            BaseReader::Bytes(b, _) => Ok(&b[start as usize..end as usize]),
-            BaseReader::Quantized(r) => {
+            BaseReader::Bytes(b, _) => Ok(&b[start as usize..start as usize + len]),
+            BaseReader::Ranged(r) => {
                 buf.resize(len, 0);
-                r.decode_range(start, None, &mut buf[..len])?;
-                Ok(&buf[..len])
-            }
-            BaseReader::Grouped(r) => {
-                buf.resize(len, 0);
-                let chunk = r.align() as u64;
-                if start.is_multiple_of(chunk) && (end.is_multiple_of(chunk) || end == raw_len) {
-                    r.decode_range(start, &mut buf[..len])?;
-                } else {
-                    let lo = start / chunk * chunk;
-                    let hi = end.div_ceil(chunk).saturating_mul(chunk).min(raw_len);
-                    scratch.resize((hi - lo) as usize, 0);
-                    r.decode_range(lo, scratch)?;
-                    let at = (start - lo) as usize;
-                    buf[..len].copy_from_slice(&scratch[at..at + len]);
-                }
+                r.decode_unaligned(start, &mut buf[..len], scratch)?;
                 Ok(&buf[..len])
             }
         }

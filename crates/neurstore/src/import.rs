@@ -640,10 +640,23 @@ fn check_shard_index(index: &SourceFile, files: &[SourceFile]) -> Result<()> {
     Ok(())
 }
 
+/// A tensor given in memory to [`crate::Store::put_tensors`].
+#[derive(Debug, Clone, Copy)]
+pub struct TensorInput<'a> {
+    /// Tensor name (unique within the model).
+    pub name: &'a str,
+    /// Element type.
+    pub dtype: DType,
+    /// Shape.
+    pub shape: &'a [u64],
+    /// Little-endian element bytes; the length must match dtype and shape.
+    pub data: &'a [u8],
+}
+
 /// Builds a one-file model from tensors in memory: a safetensors file assembled in memory and
 /// validated by the same parser as files from disk.
 pub fn from_tensors(
-    tensors: &[crate::put::TensorInput],
+    tensors: &[TensorInput],
     metadata: Option<&BTreeMap<String, String>>,
 ) -> Result<SourceModel> {
     let path = Path::new("model.safetensors");

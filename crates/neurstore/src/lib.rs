@@ -37,6 +37,7 @@ mod convert;
 mod decode;
 mod error;
 mod export;
+mod gc;
 mod import;
 mod inspect;
 mod options;
@@ -45,6 +46,7 @@ mod plan;
 mod progress;
 mod put;
 mod resident;
+mod snapshot;
 
 use std::path::Path;
 
@@ -54,6 +56,8 @@ pub use decode::BaseCacheStats;
 pub use decode::TensorData;
 pub use error::{Error, ErrorKind, Result};
 pub use export::{GetReport, LoadedTensor};
+pub use gc::{GcSummary, RecoverySummary};
+pub use import::TensorInput;
 pub use inspect::{
     FileInfo, KindStats, ModelInfo, ModelSummary, Stats, TensorInfo, VerifyReport, civil_from_days,
 };
@@ -63,12 +67,12 @@ pub use neurstore_storage::lock::LockWait;
 pub use neurstore_storage::rebuild::RebuildReport;
 pub use neurstore_storage::{GcReport, RecoveryReport, StorageError};
 pub use options::{
-    BaseChoice, Mode, PutOptions, Threads, check_output, metadata_from_json, metadata_from_pairs,
-    threads,
+    BaseChoice, Mode, PutOptions, Threads, check_output, lock_wait, metadata_from_json,
+    metadata_from_pairs, threads,
 };
 pub use paths::{MAX_STORED_PATH_BYTES, StoredPathError, validate_stored_path};
 pub use progress::{NoProgress, Progress};
-pub use put::{PutReport, TensorInput, TensorReport};
+pub use put::{PutReport, TensorReport};
 pub use resident::{ResidentModel, ResidentOptions, ResidentTensor, ResidentWeight, SharedBases};
 
 use neurstore_storage::catalog::Queries;
@@ -258,52 +262,9 @@ impl Store {
         Ok(neurstore_storage::rebuild::rebuild(root, backend)?)
     }
 
-    /// Rewrites a format-1 store in format 2 (crash safe: until its one commit the store is
-    /// the format-1 store it was). A format-2 store is left as it is.
-    pub fn upgrade(&self, progress: &dyn Progress) -> Result<GcReport> {
-        let mut reported: Option<u64> = None;
-        let report = self.engine.upgrade(|done, total| {
-            let last = *reported.get_or_insert_with(|| {
-                progress.start("upgrading", total);
-                0
-            });
-            progress.advance(done - last);
-            reported = Some(done);
-        })?;
-        progress.finish();
-        Ok(report)
-    }
-
     /// The store's format version (1 or 2).
     pub fn format_version(&self) -> u32 {
         self.engine.format_version()
-    }
-
-    /// Returns the space of removed models and interrupted writes to the file system. The
-    /// report's recovery counts what this handle's opening recovered too (once per handle).
-    pub fn gc(&self, progress: &dyn Progress) -> Result<GcReport> {
-        let mut reported: Option<u64> = None;
-        let report = self.engine.gc(|done, total| {
-            let last = *reported.get_or_insert_with(|| {
-                progress.start("collecting", total);
-                0
-            });
-            progress.advance(done - last);
-            reported = Some(done);
-        })?;
-        progress.finish();
-        let mut report = report;
-        if !self
-            .open_recovery_reported
-            .swap(true, std::sync::atomic::Ordering::Relaxed)
-        {
-            let opened = &self.recovery;
-            report.recovery.truncated_bytes += opened.truncated_bytes;
-            report.recovery.orphan_packs_removed += opened.orphan_packs_removed;
-            report.recovery.orphan_bytes += opened.orphan_bytes;
-            report.recovery.doomed_packs_removed += opened.doomed_packs_removed;
-        }
-        Ok(report)
     }
 }
 
@@ -328,18 +289,5 @@ pub fn store_label(location: &Path) -> String {
     match neurstore_storage::engine::postgres_url(location) {
         Some(url) => neurstore_storage::postgres::display_url(url),
         None => location.display().to_string(),
-    }
-}
-
-/// Model names: 1 to 200 characters, no control characters, no '/'.
-pub(crate) fn validate_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.chars().count() <= 200
-        && !name.chars().any(|c| c.is_control() || c == '/')
-        && name.trim() == name;
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidName(name.to_string()))
     }
 }

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use neurstore_core::dtype::DType;
+use neurstore_storage::lock::LockWait;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
@@ -85,10 +86,23 @@ impl BaseChoice {
             "auto" => Ok(BaseChoice::Auto),
             "none" => Ok(BaseChoice::None),
             name => {
-                crate::validate_name(name)?;
+                validate_name(name)?;
                 Ok(BaseChoice::Model(name.to_string()))
             }
         }
+    }
+}
+
+/// Model names: 1 to 200 characters, no control characters, no '/'.
+pub(crate) fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.chars().count() <= 200
+        && !name.chars().any(|c| c.is_control() || c == '/')
+        && name.trim() == name;
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidName(name.to_string()))
     }
 }
 
@@ -204,6 +218,23 @@ pub fn threads(requested: usize) -> Result<Threads> {
             count: n,
             note: None,
         }),
+    }
+}
+
+/// `--wait[=SECONDS]` (Python's `wait=`): how long a writer waits for the lock another
+/// process holds. `None` fails at once, infinity waits as long as it takes, any other
+/// non-negative number of seconds waits that long.
+pub fn lock_wait(seconds: Option<f64>) -> Result<LockWait> {
+    match seconds {
+        None => Ok(LockWait::No),
+        Some(s) if s == f64::INFINITY => Ok(LockWait::Forever),
+        Some(s) if s.is_finite() && s >= 0.0 => Ok(LockWait::For(
+            std::time::Duration::from_secs_f64(s.min(1e9)),
+        )),
+        Some(s) => Err(option_error(
+            "--wait",
+            format!("{s} is not a number of seconds; give one such as 30"),
+        )),
     }
 }
 
@@ -329,6 +360,21 @@ mod tests {
             err.starts_with("--rel-tolerance: 2 is not between 0 and 1"),
             "{err}"
         );
+    }
+
+    /// `--wait` takes no value (fail at once), infinity, or a non-negative number of seconds.
+    #[test]
+    fn lock_waits_are_seconds_or_forever() {
+        assert_eq!(lock_wait(None).unwrap(), LockWait::No);
+        assert_eq!(lock_wait(Some(f64::INFINITY)).unwrap(), LockWait::Forever);
+        assert_eq!(
+            lock_wait(Some(2.5)).unwrap(),
+            LockWait::For(std::time::Duration::from_millis(2500))
+        );
+        for bad in [-1.0, f64::NAN, f64::NEG_INFINITY] {
+            let err = lock_wait(Some(bad)).unwrap_err().to_string();
+            assert!(err.starts_with("--wait: "), "{err}");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use neurstore_storage::catalog::ObjectRow;
 
 use crate::Store;
 use crate::error::Result;
-use crate::put::Mode;
+use crate::options::Mode;
 
 /// zstd level for deltas and quantized codes.
 const LEVEL: i32 = 1;
@@ -133,25 +133,50 @@ impl Encoding {
     }
 }
 
-/// Plans one item against its candidate bases (already filtered by chain depth).
+/// Plans one item against its candidate bases (already filtered by chain depth). Steps: a file
+/// is encoded losslessly alone; a tensor's candidates are re-ranked exactly and the closest
+/// kept as its base, its encodings made, the smallest chosen, and that one decoded and checked.
 pub(crate) fn plan_item(store: &Store, item: &Item, candidates: &[&ObjectRow]) -> Result<Plan> {
     let Some(dtype) = item.dtype else {
-        let enc = codec::encode_file(item.raw);
-        return Ok(Plan {
-            codec: enc.codec,
-            stored_len: enc.bytes.as_ref().map_or(item.raw.len(), Vec::len) as u64,
-            bytes: enc.bytes,
-            base: None,
-            chain_depth: 0,
-            tolerance: None,
-            max_error: 0.0,
-            decoded_key: item.exact_key,
-            sketch: None,
-        });
+        return Ok(plan_file(item));
     };
     let what = format!("tensor {:?}", item.name);
+    let closest = closest_base(store, item, dtype, candidates, &what)?;
+    let base_bytes = closest.as_ref().map(|(_, b)| b.as_slice());
+    let chosen = smallest(item, encodings(item, dtype, base_bytes, &what)?);
+    let base_row = chosen.base.and(closest.as_ref().map(|(row, _)| *row));
+    let checked = check_encoding(item, dtype, &chosen, chosen.base.and(base_bytes), &what)?;
+    Ok(tensor_plan(item, dtype, chosen, base_row, checked))
+}
 
-    // Exact re-ranking of the candidates on the full tensors.
+/// A file's plan: encoded losslessly on its own (files are never deltas).
+fn plan_file(item: &Item) -> Plan {
+    let enc = codec::encode_file(item.raw);
+    Plan {
+        codec: enc.codec,
+        stored_len: enc.bytes.as_ref().map_or(item.raw.len(), Vec::len) as u64,
+        bytes: enc.bytes,
+        base: None,
+        chain_depth: 0,
+        tolerance: None,
+        max_error: 0.0,
+        decoded_key: item.exact_key,
+        sketch: None,
+    }
+}
+
+/// A candidate base: its row and its decoded bytes.
+type Candidate<'r> = (&'r ObjectRow, std::sync::Arc<Vec<u8>>);
+
+/// Exact re-ranking of the candidates on the full tensors: the closest candidate of the same
+/// dtype and length (ties to the lowest id), decoded, or `None`.
+fn closest_base<'r>(
+    store: &Store,
+    item: &Item,
+    dtype: DType,
+    candidates: &[&'r ObjectRow],
+    what: &str,
+) -> Result<Option<Candidate<'r>>> {
     let mut best: Option<(&ObjectRow, std::sync::Arc<Vec<u8>>, f64)> = None;
     if sketch::indexable(dtype) {
         for row in candidates {
@@ -160,7 +185,7 @@ pub(crate) fn plan_item(store: &Store, item: &Item, candidates: &[&ObjectRow]) -
             {
                 continue;
             }
-            let bytes = store.base_bytes(row.id, &what, 1)?;
+            let bytes = store.base_bytes(row.id, what, 1)?;
             // A single candidate needs no ranking.
             let d = if candidates.len() > 1 {
                 quantized::squared_distance(dtype, item.raw, &bytes)
@@ -175,52 +200,16 @@ pub(crate) fn plan_item(store: &Store, item: &Item, candidates: &[&ObjectRow]) -
             }
         }
     }
-    let base_bytes = best.as_ref().map(|(_, b, _)| b.as_slice());
+    Ok(best.map(|(row, bytes, _)| (row, bytes)))
+}
 
-    let mut options: Vec<Encoding> = Vec::new();
-    match item.tolerance {
-        None => {
-            if let Some(base) = base_bytes {
-                let d = delta::encode(
-                    item.raw,
-                    base,
-                    dtype.plane_width(),
-                    delta::Transform::IntDiff,
-                    LEVEL,
-                );
-                options.push(Encoding {
-                    codec: Codec::Delta,
-                    bytes: Some(d),
-                    base: Some(0),
-                });
-            }
-        }
-        Some(tol) => {
-            // Encodings estimated at over 1.5 times the best estimate cannot win; skip them.
-            let alone = quantized::estimate(dtype, item.raw, None, tol);
-            let with_base = base_bytes.map(|b| quantized::estimate(dtype, item.raw, Some(b), tol));
-            let best_estimate = with_base.map_or(alone, |d| d.min(alone));
-            let worth = |estimate: f64| estimate <= 1.5 * best_estimate + 256.0;
-            if worth(alone) {
-                let q = quantized::encode(dtype, item.raw, None, tol, LEVEL)
-                    .map_err(|e| StorageError::corrupt(&what, e.0))?;
-                options.push(Encoding {
-                    codec: Codec::Quantized,
-                    bytes: Some(q.bytes),
-                    base: None,
-                });
-            }
-            if let Some(base) = base_bytes.filter(|_| with_base.is_some_and(worth)) {
-                let q = quantized::encode(dtype, item.raw, Some(base), tol, LEVEL)
-                    .map_err(|e| StorageError::corrupt(&what, e.0))?;
-                options.push(Encoding {
-                    codec: Codec::Quantized,
-                    bytes: Some(q.bytes),
-                    base: Some(0),
-                });
-            }
-        }
-    }
+/// The encodings that compete for a tensor: those against `base` (a lossless delta, or bounded
+/// ones with and without it), then the standalone lossless one first where it could win.
+fn encodings(item: &Item, dtype: DType, base: Option<&[u8]>, what: &str) -> Result<Vec<Encoding>> {
+    let mut options = match item.tolerance {
+        None => lossless_delta(item, dtype, base).into_iter().collect(),
+        Some(tol) => bounded_encodings(item, dtype, base, tol, what)?,
+    };
     // Standalone lossless goes first so it wins ties. In bounded mode it is tried only where
     // quantizing saves less than half: byte-grouped floats never compress by half losslessly,
     // so there it could not win.
@@ -236,16 +225,71 @@ pub(crate) fn plan_item(store: &Store, item: &Item, candidates: &[&ObjectRow]) -
             },
         );
     }
-    // A delta must save a real margin over the best standalone encoding to be taken: a few
-    // bytes of zstd noise vanish in blob alignment, while a base costs a second read and must
-    // outlive the tensor.
+    Ok(options)
+}
+
+/// A lossless tensor's delta against its base, if it has one.
+fn lossless_delta(item: &Item, dtype: DType, base: Option<&[u8]>) -> Option<Encoding> {
+    let d = delta::encode(
+        item.raw,
+        base?,
+        dtype.plane_width(),
+        delta::Transform::IntDiff,
+        LEVEL,
+    );
+    Some(Encoding {
+        codec: Codec::Delta,
+        bytes: Some(d),
+        base: Some(0),
+    })
+}
+
+/// A bounded tensor's quantized encodings, alone and against its base, skipping those whose
+/// estimated size is over 1.5 times the best estimate (they cannot win).
+fn bounded_encodings(
+    item: &Item,
+    dtype: DType,
+    base: Option<&[u8]>,
+    tol: f64,
+    what: &str,
+) -> Result<Vec<Encoding>> {
+    let mut options = Vec::new();
+    let alone = quantized::estimate(dtype, item.raw, None, tol);
+    let with_base = base.map(|b| quantized::estimate(dtype, item.raw, Some(b), tol));
+    let best_estimate = with_base.map_or(alone, |d| d.min(alone));
+    let worth = |estimate: f64| estimate <= 1.5 * best_estimate + 256.0;
+    if worth(alone) {
+        let q = quantized::encode(dtype, item.raw, None, tol, LEVEL)
+            .map_err(|e| StorageError::corrupt(what, e.0))?;
+        options.push(Encoding {
+            codec: Codec::Quantized,
+            bytes: Some(q.bytes),
+            base: None,
+        });
+    }
+    if let Some(base) = base.filter(|_| with_base.is_some_and(worth)) {
+        let q = quantized::encode(dtype, item.raw, Some(base), tol, LEVEL)
+            .map_err(|e| StorageError::corrupt(what, e.0))?;
+        options.push(Encoding {
+            codec: Codec::Quantized,
+            bytes: Some(q.bytes),
+            base: Some(0),
+        });
+    }
+    Ok(options)
+}
+
+/// The smallest encoding, ties to the earlier one. A delta must save a real margin over the best
+/// standalone encoding to be taken: a few bytes of zstd noise vanish in blob alignment, while a
+/// base costs a second read and must outlive the tensor.
+fn smallest(item: &Item, options: Vec<Encoding>) -> Encoding {
     let margin = options
         .iter()
         .filter(|o| o.base.is_none())
         .map(|o| (o.len(item.raw) / 32).max(64))
         .min()
         .unwrap_or(0);
-    let chosen = options
+    options
         .into_iter()
         .enumerate()
         .min_by_key(|(i, o)| {
@@ -255,10 +299,25 @@ pub(crate) fn plan_item(store: &Store, item: &Item, candidates: &[&ObjectRow]) -
             )
         })
         .map(|(_, o)| o)
-        .expect("a bounded tensor has a quantized option, a lossless one a standalone one");
+        .expect("a bounded tensor has a quantized option, a lossless one a standalone one")
+}
 
-    let base_row = chosen.base.and(best.as_ref().map(|(row, _, _)| *row));
-    let base = chosen.base.and(base_bytes);
+/// What decoding the chosen encoding gave, once checked.
+struct Checked {
+    decoded: Vec<u8>,
+    tolerance: Option<f64>,
+    max_error: f64,
+}
+
+/// Decodes the chosen encoding (against `base` when it has one) and checks it: every element
+/// within the bound for a bounded encoding, bit-exact otherwise.
+fn check_encoding(
+    item: &Item,
+    dtype: DType,
+    chosen: &Encoding,
+    base: Option<&[u8]>,
+    what: &str,
+) -> Result<Checked> {
     let mut decoded = vec![0u8; item.raw.len()];
     codec::decode_with_base(
         chosen.codec,
@@ -267,13 +326,13 @@ pub(crate) fn plan_item(store: &Store, item: &Item, candidates: &[&ObjectRow]) -
         base,
         &mut decoded,
     )
-    .map_err(|e| StorageError::corrupt(&what, format!("fresh encoding does not decode: {e}")))?;
+    .map_err(|e| StorageError::corrupt(what, format!("fresh encoding does not decode: {e}")))?;
     let (tolerance, max_error) = match (chosen.codec, item.tolerance) {
         (Codec::Quantized, Some(tol)) => {
             let err = quantized::max_abs_error(dtype, item.raw, &decoded);
             if err > tol {
                 return Err(StorageError::corrupt(
-                    &what,
+                    what,
                     format!("encoding exceeds the bound: {err} > {tol}"),
                 )
                 .into());
@@ -283,13 +342,34 @@ pub(crate) fn plan_item(store: &Store, item: &Item, candidates: &[&ObjectRow]) -
         _ => {
             if decoded != item.raw {
                 return Err(
-                    StorageError::corrupt(&what, "lossless encoding does not round-trip").into(),
+                    StorageError::corrupt(what, "lossless encoding does not round-trip").into(),
                 );
             }
             (None, 0.0)
         }
     };
-    Ok(Plan {
+    Ok(Checked {
+        decoded,
+        tolerance,
+        max_error,
+    })
+}
+
+/// A tensor's plan from its chosen, checked encoding: its base and chain depth, the key of what
+/// it decodes to, and the sketch it is indexed under.
+fn tensor_plan(
+    item: &Item,
+    dtype: DType,
+    chosen: Encoding,
+    base_row: Option<&ObjectRow>,
+    checked: Checked,
+) -> Plan {
+    let Checked {
+        decoded,
+        tolerance,
+        max_error,
+    } = checked;
+    Plan {
         codec: chosen.codec,
         stored_len: chosen.len(item.raw) as u64,
         bytes: chosen.bytes,
@@ -308,5 +388,5 @@ pub(crate) fn plan_item(store: &Store, item: &Item, candidates: &[&ObjectRow]) -
         },
         sketch: sketch::sketch(dtype, &decoded)
             .filter(|_| sketch::worth_sketching(dtype, item.elements())),
-    })
+    }
 }

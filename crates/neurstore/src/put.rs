@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::time::Instant;
 
-use neurstore_core::dtype::DType;
 use neurstore_core::key::{Digest, file_key, tensor_key};
 use neurstore_core::sketch;
 use neurstore_storage::StorageError;
@@ -21,32 +20,18 @@ use neurstore_storage::record::ModelRecord;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::Store;
 use crate::error::Result;
+use crate::import::TensorInput;
 use crate::import::{SourceModel, read_source};
-use crate::options::{BaseChoice, PutOptions};
-// The planner names the mode through this module.
-pub(crate) use crate::options::Mode;
+use crate::options::{BaseChoice, PutOptions, validate_name};
 use crate::plan::{Item, Plan, plan_item};
 use crate::progress::Progress;
-use crate::{Store, validate_name};
 
 /// Raw bytes encoded at once before their blobs are appended (bounds memory during `put`).
 const BATCH_BYTES: u64 = 64 << 20;
 /// Candidates the similarity index proposes per tensor, re-ranked exactly.
 const CANDIDATES: usize = 4;
-
-/// A tensor given in memory to [`Store::put_tensors`].
-#[derive(Debug, Clone, Copy)]
-pub struct TensorInput<'a> {
-    /// Tensor name (unique within the model).
-    pub name: &'a str,
-    /// Element type.
-    pub dtype: DType,
-    /// Shape.
-    pub shape: &'a [u64],
-    /// Little-endian element bytes; the length must match dtype and shape.
-    pub data: &'a [u8],
-}
 
 /// How one tensor was (or, in a dry run, would be) stored.
 #[derive(Debug, Clone, Serialize)]
@@ -117,6 +102,7 @@ pub struct PutReport {
     pub tensor_reports: Vec<TensorReport>,
 }
 
+/// Every file of the input as an item, each followed by its tensors, keyed by exact content.
 fn items_of(source: &SourceModel) -> Vec<Item<'_>> {
     let mut items = Vec::new();
     for file in &source.files {
@@ -139,6 +125,66 @@ fn items_of(source: &SourceModel) -> Vec<Item<'_>> {
     });
     items
 }
+
+/// The items of a put's input and what the store already holds of them.
+struct Inventory<'a> {
+    /// Every file and tensor, in file order (each file followed by its tensors).
+    items: Vec<Item<'a>>,
+    /// Stored objects found under an item's exact or store key.
+    existing: HashMap<Digest, ObjectRow>,
+}
+
+impl Inventory<'_> {
+    /// The key of the stored object an item can share, if the store has one.
+    fn stored_as(&self, item: &Item) -> Option<Digest> {
+        [item.exact_key, item.store_key]
+            .into_iter()
+            .find(|k| self.existing.contains_key(k))
+    }
+
+    /// The key an item is recorded under: the stored object it shares, else its new one.
+    fn key_of(&self, item: &Item) -> Digest {
+        self.stored_as(item).unwrap_or(item.store_key)
+    }
+
+    /// The first item of each content the store lacks, by index.
+    fn missing(&self) -> Vec<usize> {
+        let mut seen: HashSet<Digest> = HashSet::new();
+        (0..self.items.len())
+            .filter(|&i| {
+                self.stored_as(&self.items[i]).is_none() && seen.insert(self.items[i].store_key)
+            })
+            .collect()
+    }
+}
+
+/// Base candidates of the items the store lacks.
+struct Candidates {
+    /// Candidate object ids by item index.
+    by_item: HashMap<usize, Vec<i64>>,
+    /// Their catalog rows.
+    rows: HashMap<i64, ObjectRow>,
+    /// Tensors looked up in the similarity index.
+    searched: u64,
+    /// Seconds spent finding candidates.
+    search_seconds: f64,
+}
+
+impl Candidates {
+    /// Item `i`'s candidates whose chains a delta may still extend.
+    fn of(&self, i: usize, max_chain_depth: u32) -> Vec<&ObjectRow> {
+        self.by_item
+            .get(&i)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.rows.get(id))
+            .filter(|row| row.chain_depth < max_chain_depth)
+            .collect()
+    }
+}
+
+/// The plan of each new content, by store key, with its catalog row once appended.
+type Plans = HashMap<Digest, (Plan, Option<NewObject>)>;
 
 impl Store {
     /// Imports the model file (safetensors, ONNX, PyTorch zip checkpoint, GGUF) or model
@@ -171,6 +217,7 @@ impl Store {
         self.put_source(name, &source, options, progress)
     }
 
+    /// Refuses a bad name, bad options, or a name a model already has.
     fn check_put(&self, name: &str, options: &PutOptions) -> Result<()> {
         validate_name(name)?;
         options.check()?;
@@ -180,6 +227,10 @@ impl Store {
         Ok(())
     }
 
+    /// Stores (or, in a dry run, plans) a model read and validated by `put` or `put_tensors`.
+    /// Steps: look up the named base model's tensors; key every item and find what the store
+    /// already holds; find base candidates for the rest; plan and append the rest, batch by
+    /// batch; report; publish the model in one catalog transaction.
     fn put_source(
         &self,
         name: &str,
@@ -188,6 +239,49 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<PutReport> {
         let base_tensors = self.base_tensors(&options.base)?;
+        let inventory = self.inventory(source, options)?;
+        let missing = inventory.missing();
+        let candidates = self.candidates(&inventory.items, &missing, &base_tensors, options)?;
+        let mut session = if options.dry_run {
+            None
+        } else {
+            Some(self.engine.begin_write()?)
+        };
+        let plans = self.plan_and_append(
+            &inventory.items,
+            &missing,
+            &candidates,
+            session.as_mut(),
+            options,
+            progress,
+        )?;
+        let base_model = self.lineage(options, &plans)?;
+        let mut report = self.put_report(
+            name,
+            options,
+            source,
+            &inventory.items,
+            &inventory.existing,
+            &plans,
+            base_model.clone(),
+        )?;
+        report.tensors_searched = candidates.searched;
+        report.search_seconds = candidates.search_seconds;
+        if let Some(session) = session {
+            let model = model_row(name, source, options, &report, base_model);
+            publish(session, &model, source, &inventory, &plans)?;
+        }
+        Ok(report)
+    }
+
+    /// Keys every item of the input under the put's mode (refusing, without `--force`, a
+    /// bound that would store a tensor as a constant) and finds which contents the store
+    /// already has, exactly or under the same bound.
+    fn inventory<'s>(
+        &self,
+        source: &'s SourceModel,
+        options: &PutOptions,
+    ) -> Result<Inventory<'s>> {
         let mut items = items_of(source);
         for item in &mut items {
             item.set_mode(options.mode);
@@ -195,8 +289,6 @@ impl Store {
         if !options.force {
             check_tolerances_fit(&items)?;
         }
-
-        // Which contents the store already has, exactly or under the same bound.
         let mut existing: HashMap<Digest, ObjectRow> = HashMap::new();
         self.engine.read(|q| {
             for item in &items {
@@ -215,21 +307,21 @@ impl Store {
             self.engine
                 .check_present(row, &format!("stored object {} (to share)", row.id))?;
         }
-        let stored_as = |item: &Item| -> Option<Digest> {
-            [item.exact_key, item.store_key]
-                .into_iter()
-                .find(|k| existing.contains_key(k))
-        };
-        // The first item of each content the store lacks.
-        let mut seen: HashSet<Digest> = HashSet::new();
-        let missing: Vec<usize> = (0..items.len())
-            .filter(|&i| stored_as(&items[i]).is_none() && seen.insert(items[i].store_key))
-            .collect();
+        Ok(Inventory { items, existing })
+    }
 
-        // Candidate bases: paired by name first, else from the similarity index.
+    /// Candidate bases of the `missing` items: paired by name with the named base model's
+    /// tensors first, else proposed by the similarity index.
+    fn candidates(
+        &self,
+        items: &[Item],
+        missing: &[usize],
+        base_tensors: &HashMap<String, ObjectRow>,
+        options: &PutOptions,
+    ) -> Result<Candidates> {
         let search_started = Instant::now();
         let mut searched = 0u64;
-        let mut candidates: HashMap<usize, Vec<i64>> = HashMap::new();
+        let mut by_item: HashMap<usize, Vec<i64>> = HashMap::new();
         if options.base != BaseChoice::None {
             let wants_search: Vec<usize> = missing
                 .iter()
@@ -245,7 +337,7 @@ impl Store {
                                 && row.shape == item.shape
                                 && row.chain_depth < options.max_chain_depth =>
                         {
-                            candidates.insert(i, vec![row.id]);
+                            by_item.insert(i, vec![row.id]);
                             false
                         }
                         // Tensors too small for a delta to pay are neither indexed nor searched.
@@ -265,29 +357,42 @@ impl Store {
                         // so it is not worth decoding (unrelated models of equal shapes).
                         let energy: f32 = query.iter().map(|v| v * v).sum();
                         let useful = found.into_iter().filter(|&(_, d)| d < energy);
-                        candidates.insert(i, useful.map(|(id, _)| id).collect());
+                        by_item.insert(i, useful.map(|(id, _)| id).collect());
                         searched += 1;
                     }
                 })?;
             }
         }
         let search_seconds = search_started.elapsed().as_secs_f64();
-        let candidate_rows: HashMap<i64, ObjectRow> = self.engine.read(|q| {
+        let rows: HashMap<i64, ObjectRow> = self.engine.read(|q| {
             let mut rows = HashMap::new();
-            for id in candidates.values().flatten() {
+            for id in by_item.values().flatten() {
                 if let Some(row) = q.object(*id)? {
                     rows.insert(*id, row);
                 }
             }
             Ok(rows)
         })?;
+        Ok(Candidates {
+            by_item,
+            rows,
+            searched,
+            search_seconds,
+        })
+    }
 
-        // Plan (encode and check) the missing contents, then append them, batch by batch.
-        let mut session = if options.dry_run {
-            None
-        } else {
-            Some(self.engine.begin_write()?)
-        };
+    /// Plans (encodes and checks, in parallel) the `missing` items, then appends their blobs
+    /// when writing, batch by batch; a written plan keeps only its length (bounds memory to
+    /// one batch).
+    fn plan_and_append(
+        &self,
+        items: &[Item],
+        missing: &[usize],
+        candidates: &Candidates,
+        mut session: Option<&mut WriteSession<'_>>,
+        options: &PutOptions,
+        progress: &dyn Progress,
+    ) -> Result<Plans> {
         let total: u64 = missing.iter().map(|&i| items[i].raw.len() as u64).sum();
         progress.start(
             if options.dry_run {
@@ -297,18 +402,12 @@ impl Store {
             },
             total,
         );
-        let mut plans: HashMap<Digest, (Plan, Option<NewObject>)> = HashMap::new();
-        for batch in batches(&missing, &items) {
+        let mut plans: Plans = HashMap::new();
+        for batch in batches(missing, items) {
             let planned: Vec<Plan> = batch
                 .par_iter()
                 .map(|&i| {
-                    let rows: Vec<&ObjectRow> = candidates
-                        .get(&i)
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|id| candidate_rows.get(id))
-                        .filter(|row| row.chain_depth < options.max_chain_depth)
-                        .collect();
+                    let rows = candidates.of(i, options.max_chain_depth);
                     let plan = plan_item(self, &items[i], &rows);
                     progress.advance(items[i].raw.len() as u64);
                     plan
@@ -316,91 +415,28 @@ impl Store {
                 .collect::<Result<_>>()?;
             for (&i, mut plan) in batch.iter().zip(planned) {
                 let item = &items[i];
-                let new_object = match session.as_mut() {
+                let new_object = match session.as_deref_mut() {
                     Some(session) => Some(append_planned(session, item, &plan, options)?),
                     None => None,
                 };
-                // Written: keep only the length (bounds memory to one batch).
                 plan.bytes = None;
                 plans.insert(item.store_key, (plan, new_object));
             }
         }
         progress.finish();
+        Ok(plans)
+    }
 
-        // Lineage: the model most delta bases belong to (or the one named).
-        let base_model = match &options.base {
-            BaseChoice::Model(m) => Some(m.clone()),
+    /// Lineage: the model named as base, else the model most delta bases belong to.
+    fn lineage(&self, options: &PutOptions, plans: &Plans) -> Result<Option<String>> {
+        match &options.base {
+            BaseChoice::Model(m) => Ok(Some(m.clone())),
             _ => self.majority_base_model(
                 plans
                     .values()
                     .filter_map(|(p, _)| p.base.as_ref().map(|b| b.id)),
-            )?,
-        };
-        let mut report = self.put_report(
-            name,
-            options,
-            source,
-            &items,
-            &existing,
-            &plans,
-            base_model.clone(),
-        )?;
-        report.tensors_searched = searched;
-        report.search_seconds = search_seconds;
-        let Some(session) = session else {
-            return Ok(report);
-        };
-
-        let model = ModelRow {
-            id: 0,
-            name: name.to_string(),
-            created_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64),
-            source_format: source.format.to_string(),
-            metadata: serde_json::Value::Object(options.metadata.clone()).to_string(),
-            raw_bytes: report.tensor_bytes,
-            base_model,
-            mode: options.mode.label(),
-        };
-        let mut session = session;
-        let record = model_record(
-            &model,
-            source,
-            &items,
-            |item| stored_as(item).unwrap_or(item.store_key),
-            session.seq()?,
-        );
-        let record_at = session.append_model(&record)?;
-        session.commit(|tx| {
-            let mut ids: HashMap<Digest, i64> =
-                existing.iter().map(|(k, row)| (*k, row.id)).collect();
-            let mut new: Vec<&NewObject> = plans.values().filter_map(|(_, o)| o.as_ref()).collect();
-            new.sort_by_key(|o| (o.location.pack_id, o.location.offset));
-            for object in new {
-                ids.insert(object.key, tx.insert_object(object)?);
-            }
-            let id_of = |item: &Item| -> i64 { ids[&stored_as(item).unwrap_or(item.store_key)] };
-            let model_id = tx.insert_model(&model)?;
-            let mut next = items.iter();
-            for file in &source.files {
-                let head = next.next().expect("one item per file");
-                tx.insert_model_file(model_id, &file.rel_path, file.kind(), id_of(head))?;
-                for (position, t) in file.tensors().iter().enumerate() {
-                    let item = next.next().expect("one item per tensor");
-                    tx.insert_model_tensor(
-                        model_id,
-                        &file.rel_path,
-                        position as i64,
-                        t.name,
-                        id_of(item),
-                    )?;
-                }
-            }
-            tx.seal_model(model_id)?;
-            tx.set_model_record(model_id, record.seq, record_at)
-        })?;
-        Ok(report)
+            ),
+        }
     }
 
     /// Tensors of the model named as base, by tensor name.
@@ -419,6 +455,7 @@ impl Store {
         })?)
     }
 
+    /// The model that first uses the most of these base objects (ties to the first name).
     fn majority_base_model(&self, bases: impl Iterator<Item = i64>) -> Result<Option<String>> {
         let bases: Vec<i64> = bases.collect();
         Ok(self.engine.read(|q| {
@@ -435,6 +472,7 @@ impl Store {
         })?)
     }
 
+    /// What the put stored (or would store), per tensor and in total.
     #[allow(clippy::too_many_arguments)]
     fn put_report(
         &self,
@@ -443,7 +481,7 @@ impl Store {
         source: &SourceModel,
         items: &[Item],
         existing: &HashMap<Digest, ObjectRow>,
-        plans: &HashMap<Digest, (Plan, Option<NewObject>)>,
+        plans: &Plans,
         base_model: Option<String>,
     ) -> Result<PutReport> {
         let base_names: HashMap<i64, String> = self.engine.read(|q| {
@@ -525,6 +563,80 @@ impl Store {
             tensor_reports,
         })
     }
+}
+
+/// The catalog row of the new model.
+fn model_row(
+    name: &str,
+    source: &SourceModel,
+    options: &PutOptions,
+    report: &PutReport,
+    base_model: Option<String>,
+) -> ModelRow {
+    ModelRow {
+        id: 0,
+        name: name.to_string(),
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+        source_format: source.format.to_string(),
+        metadata: serde_json::Value::Object(options.metadata.clone()).to_string(),
+        raw_bytes: report.tensor_bytes,
+        base_model,
+        mode: options.mode.label(),
+    }
+}
+
+/// Publishes the model: appends its manifest record, then in one catalog transaction inserts
+/// the new objects (in pack order), the model, its files and tensors, and seals it.
+fn publish(
+    mut session: WriteSession<'_>,
+    model: &ModelRow,
+    source: &SourceModel,
+    inventory: &Inventory,
+    plans: &Plans,
+) -> Result<()> {
+    let items = &inventory.items;
+    let record = model_record(
+        model,
+        source,
+        items,
+        |item| inventory.key_of(item),
+        session.seq()?,
+    );
+    let record_at = session.append_model(&record)?;
+    session.commit(|tx| {
+        let mut ids: HashMap<Digest, i64> = inventory
+            .existing
+            .iter()
+            .map(|(k, row)| (*k, row.id))
+            .collect();
+        let mut new: Vec<&NewObject> = plans.values().filter_map(|(_, o)| o.as_ref()).collect();
+        new.sort_by_key(|o| (o.location.pack_id, o.location.offset));
+        for object in new {
+            ids.insert(object.key, tx.insert_object(object)?);
+        }
+        let id_of = |item: &Item| -> i64 { ids[&inventory.key_of(item)] };
+        let model_id = tx.insert_model(model)?;
+        let mut next = items.iter();
+        for file in &source.files {
+            let head = next.next().expect("one item per file");
+            tx.insert_model_file(model_id, &file.rel_path, file.kind(), id_of(head))?;
+            for (position, t) in file.tensors().iter().enumerate() {
+                let item = next.next().expect("one item per tensor");
+                tx.insert_model_tensor(
+                    model_id,
+                    &file.rel_path,
+                    position as i64,
+                    t.name,
+                    id_of(item),
+                )?;
+            }
+        }
+        tx.seal_model(model_id)?;
+        tx.set_model_record(model_id, record.seq, record_at)
+    })?;
+    Ok(())
 }
 
 /// Appends a planned item's blob as an object record and returns its catalog row to insert.
@@ -619,6 +731,7 @@ fn check_tolerances_fit(items: &[Item]) -> Result<()> {
         })
 }
 
+/// Cuts item indices into batches of at most `BATCH_BYTES` raw bytes (at least one item each).
 fn batches<'a>(indices: &'a [usize], items: &[Item]) -> Vec<&'a [usize]> {
     let mut out = Vec::new();
     let (mut start, mut size) = (0, 0u64);

@@ -119,6 +119,11 @@ impl<'a> Ranged<'a> {
         self.layout.chunk_len
     }
 
+    /// The raw length the blob describes.
+    pub fn raw_len(&self) -> u64 {
+        self.raw_len
+    }
+
     /// Decodes raw bytes `start..start + out.len()`; `start` must be a multiple of
     /// [`Ranged::align`], and the end one too or the end of the data.
     pub fn decode_range(&self, start: u64, out: &mut [u8]) -> Result<(), CodecError> {

@@ -54,6 +54,137 @@ impl Codec {
     }
 }
 
+impl Codec {
+    /// Whether an object stored with this codec can be decoded by byte ranges ([`Ranged`])
+    /// without decoding the rest of it: raw and grouped blobs standing alone, a tensor's
+    /// lossless delta (against the same range of its base), and a bounded tensor, against a base
+    /// or not. `dtype` is a tensor object's element type, `None` for a file's bytes (which
+    /// writers never store as deltas); `has_base` says whether the object is decoded against a
+    /// base object.
+    pub fn ranged(self, dtype: Option<DType>, has_base: bool) -> bool {
+        match self {
+            Codec::Raw | Codec::Grouped => !has_base,
+            Codec::Delta => has_base && dtype.is_some(),
+            Codec::Quantized => dtype.is_some(),
+        }
+    }
+}
+
+/// A blob parsed once for decoding byte ranges of it, whatever its codec: the one dispatch of
+/// ranged decoding. Which blobs can be decoded so is [`Codec::ranged`]'s rule.
+pub enum Ranged<'a> {
+    /// Raw bytes, copied range by range.
+    Raw(&'a [u8]),
+    /// A grouped blob, decoded by chunk ranges.
+    Grouped(grouped::Ranged<'a>),
+    /// A lossless delta, decoded by ranges against the same ranges of its base.
+    Delta(delta::Ranged<'a>),
+    /// A bounded blob, reconstructed by element ranges (against its base's, if it has one).
+    Quantized(quantized::Ranged<'a>),
+}
+
+impl<'a> Ranged<'a> {
+    /// Parses and checks `stored`, a blob of `codec` describing `raw_len` raw bytes (of
+    /// `dtype`, for a tensor; decoded against a base when `has_base`). Errs where
+    /// [`Codec::ranged`] says the blob cannot be decoded by ranges.
+    pub fn new(
+        codec: Codec,
+        dtype: Option<DType>,
+        has_base: bool,
+        stored: &'a [u8],
+        raw_len: u64,
+    ) -> Result<Self, CodecError> {
+        if !codec.ranged(dtype, has_base) {
+            return Err(CodecError::corrupt(format!(
+                "{} blob cannot be decoded by ranges",
+                codec.name()
+            )));
+        }
+        match (codec, dtype) {
+            (Codec::Raw, _) if stored.len() as u64 == raw_len => Ok(Ranged::Raw(stored)),
+            (Codec::Raw, _) => Err(CodecError::corrupt(format!(
+                "raw blob holds {} bytes, expected {raw_len}",
+                stored.len()
+            ))),
+            (Codec::Grouped, _) => Ok(Ranged::Grouped(grouped::Ranged::new(stored, raw_len)?)),
+            (Codec::Delta, _) => Ok(Ranged::Delta(delta::Ranged::new(stored, raw_len)?)),
+            (Codec::Quantized, Some(dtype)) => Ok(Ranged::Quantized(quantized::Ranged::new(
+                dtype, stored, raw_len,
+            )?)),
+            (Codec::Quantized, None) => Err(CodecError::corrupt("quantized blob of a file")),
+        }
+    }
+
+    /// The alignment of a range start (and end, but for the end of the data) that
+    /// [`Ranged::decode_range`] accepts.
+    pub fn align(&self) -> usize {
+        match self {
+            Ranged::Raw(_) => 1,
+            Ranged::Grouped(r) => r.align(),
+            Ranged::Delta(r) => r.align(),
+            Ranged::Quantized(r) => r.align(),
+        }
+    }
+
+    /// Decodes raw bytes `start..start + out.len()` (aligned as [`Ranged::align`] says),
+    /// against `base`, the same range of the base object, for a blob decoded against one.
+    pub fn decode_range(
+        &self,
+        start: u64,
+        base: Option<&[u8]>,
+        out: &mut [u8],
+    ) -> Result<(), CodecError> {
+        match (self, base) {
+            (Ranged::Raw(stored), None) => {
+                let range = usize::try_from(start)
+                    .ok()
+                    .and_then(|s| Some(s..s.checked_add(out.len())?))
+                    .filter(|r| r.end <= stored.len())
+                    .ok_or_else(|| CodecError::corrupt("range past the end of the data"))?;
+                out.copy_from_slice(&stored[range]);
+                Ok(())
+            }
+            (Ranged::Grouped(r), None) => r.decode_range(start, out),
+            (Ranged::Delta(r), Some(base)) => r.decode_range(start, base, out),
+            (Ranged::Delta(_), None) => Err(CodecError::corrupt("delta blob without a base")),
+            (Ranged::Quantized(r), base) => r.decode_range(start, base, out),
+            (Ranged::Raw(_) | Ranged::Grouped(_), Some(_)) => {
+                Err(CodecError::corrupt("standalone blob given a base"))
+            }
+        }
+    }
+
+    /// Decodes raw bytes `start..start + out.len()` of a blob decoded without a base, aligned
+    /// or not: the chunks around a range not aligned to a grouped blob's chunks are decoded into
+    /// `scratch` (resized, reused) and the range copied out; a bounded blob takes any range of
+    /// whole elements.
+    pub fn decode_unaligned(
+        &self,
+        start: u64,
+        out: &mut [u8],
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        let Ranged::Grouped(r) = self else {
+            return self.decode_range(start, None, out);
+        };
+        let end = start
+            .checked_add(out.len() as u64)
+            .filter(|&e| e <= r.raw_len())
+            .ok_or_else(|| CodecError::corrupt("range past the end of the data"))?;
+        let chunk = r.align() as u64;
+        if start.is_multiple_of(chunk) && (end.is_multiple_of(chunk) || end == r.raw_len()) {
+            return r.decode_range(start, out);
+        }
+        let lo = start / chunk * chunk;
+        let hi = end.div_ceil(chunk).saturating_mul(chunk).min(r.raw_len());
+        scratch.resize((hi - lo) as usize, 0);
+        r.decode_range(lo, scratch)?;
+        let at = (start - lo) as usize;
+        out.copy_from_slice(&scratch[at..at + out.len()]);
+        Ok(())
+    }
+}
+
 /// A decode failure: the stored bytes do not describe the expected raw bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -209,5 +340,63 @@ mod tests {
         let mut back = vec![0u8; text.len()];
         decode_into(encoded.codec, encoded.bytes.as_deref().unwrap(), &mut back).unwrap();
         assert!(back == text);
+    }
+
+    /// Ranged decoding, by aligned blocks or by unaligned ranges, gives exactly the bytes whole
+    /// decoding gives, for every codec the rule admits, and the rule refuses what it excludes.
+    #[test]
+    fn ranged_decoding_agrees_with_whole_decoding() {
+        let n = 3 * grouped::CHUNK_LEN / 4 + 123;
+        let base: Vec<u8> = (0..n)
+            .flat_map(|i| ((i as f32 * 0.001).sin()).to_le_bytes())
+            .collect();
+        let raw: Vec<u8> = base
+            .chunks_exact(4)
+            .enumerate()
+            .flat_map(|(i, b)| {
+                let v = f32::from_le_bytes(b.try_into().unwrap());
+                (v + if i % 7 == 0 { 1e-3 } else { 0.0 }).to_le_bytes()
+            })
+            .collect();
+        let f32 = Some(DType::F32);
+        let grouped = encode_tensor(DType::F32, &raw);
+        assert_eq!(grouped.codec, Codec::Grouped);
+        let delta = delta::encode(&raw, &base, 4, delta::Transform::IntDiff, 1);
+        let bounded = quantized::encode(DType::F32, &raw, None, 1e-4, 1)
+            .unwrap()
+            .bytes;
+        let against = quantized::encode(DType::F32, &raw, Some(&base), 1e-4, 1)
+            .unwrap()
+            .bytes;
+        let cases = [
+            (Codec::Raw, &raw[..], None),
+            (Codec::Grouped, grouped.bytes.as_deref().unwrap(), None),
+            (Codec::Delta, &delta[..], Some(&base[..])),
+            (Codec::Quantized, &bounded[..], None),
+            (Codec::Quantized, &against[..], Some(&base[..])),
+        ];
+        for (codec, stored, base) in cases {
+            let mut whole = vec![0u8; raw.len()];
+            decode_with_base(codec, DType::F32, stored, base, &mut whole).unwrap();
+            let r = Ranged::new(codec, f32, base.is_some(), stored, raw.len() as u64).unwrap();
+            let block = r.align() * 3;
+            let mut by_blocks = vec![0u8; raw.len()];
+            for (k, out) in by_blocks.chunks_mut(block).enumerate() {
+                let at = k * block;
+                r.decode_range(at as u64, base.map(|b| &b[at..at + out.len()]), out)
+                    .unwrap();
+            }
+            assert!(by_blocks == whole, "{codec:?}");
+            if base.is_none() {
+                let (start, len) = (4 * 1001, 4 * 5003);
+                let mut part = vec![0u8; len];
+                r.decode_unaligned(start as u64, &mut part, &mut Vec::new())
+                    .unwrap();
+                assert!(part == whole[start..start + len], "{codec:?}");
+            }
+        }
+        assert!(!Codec::Delta.ranged(f32, false) && !Codec::Grouped.ranged(f32, true));
+        assert!(!Codec::Quantized.ranged(None, false) && !Codec::Delta.ranged(None, true));
+        assert!(Ranged::new(Codec::Delta, f32, false, &delta, raw.len() as u64).is_err());
     }
 }

@@ -214,7 +214,8 @@ class Store:
 
     def gc(self) -> Dict[str, Any]:
         """Returns the space of deleted models to the file system. Arrays already returned by
-        :meth:`get` stay valid. Returns pack byte counts before and after."""
+        :meth:`get` stay valid. Returns the fields of the command line's ``gc --json``: pack
+        byte counts before and after, ``reclaimed_bytes``, and what recovery did."""
         return self._native.gc()
 
     # -- reading --------------------------------------------------------------------------
