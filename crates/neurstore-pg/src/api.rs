@@ -10,7 +10,7 @@ use pgrx::pg_sys::errcodes::PgSqlErrorCode::{
 use serde_json::Value;
 
 use crate::errors::Failure;
-use crate::files::{Scratch, ServerFiles, io_failure};
+use crate::files::{Scratch, ServerFiles};
 use crate::spi::{Access, SpiSql};
 use crate::store::{Interrupts, reader, writer};
 
@@ -59,7 +59,7 @@ pub fn put_bytes(name: &str, data: &[u8], options: &PutOptions) -> Result<Value,
 }
 
 /// `neurstore.get_bytes`: the model's file (safetensors, or the ONNX, PyTorch or GGUF file a
-/// client put), byte for byte, through a temporary file.
+/// client put), byte for byte, built in memory.
 pub fn get_bytes(name: &str) -> Result<Vec<u8>, Failure> {
     let store = reader()?;
     let info = store.info(name)?;
@@ -76,11 +76,7 @@ pub fn get_bytes(name: &str) -> Result<Vec<u8>, Failure> {
     if info.raw_bytes > MAX_BYTEA {
         return Err(too_big(name, info.raw_bytes));
     }
-    let scratch = Scratch::new()?;
-    let path = scratch.model_file();
-    store.get(name, &path, &Interrupts)?;
-    drop(store);
-    std::fs::read(&path).map_err(|e| io_failure(&path, "read", e))
+    Ok(store.get_bytes(name, MAX_BYTEA, &Interrupts)?)
 }
 
 fn too_big(name: &str, bytes: u64) -> Failure {

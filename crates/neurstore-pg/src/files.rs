@@ -1,5 +1,5 @@
 //! Files on the server: who may name them, and the private temporary files through which
-//! models given or returned as `bytea` pass (the store imports and exports files).
+//! models given as `bytea` pass (the store imports files).
 
 use std::path::{Path, PathBuf};
 

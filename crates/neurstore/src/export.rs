@@ -109,12 +109,12 @@ impl Store {
                 .into());
             };
             let (handle, dest) = staging.create_file()?;
-            bytes_written += self.write_file(&snap, file, handle, &dest, progress)?;
+            bytes_written += self.write_file_to(&snap, file, handle, &dest, progress)?;
         } else {
             staging.create_root_dir()?;
             for file in &snap.files {
                 let (handle, dest) = staging.create_file_under(name, &file.path)?;
-                bytes_written += self.write_file(&snap, file, handle, &dest, progress)?;
+                bytes_written += self.write_file_to(&snap, file, handle, &dest, progress)?;
             }
         }
         staging.finish(out)?;
@@ -129,7 +129,50 @@ impl Store {
         })
     }
 
-    fn write_file(
+    /// The one file of model `name`, imported from a single file, in memory: the bytes `get`
+    /// would write (for a server that returns them as a value rather than a file). A model
+    /// imported from a directory is an `InvalidInput` error; so is one whose file is larger
+    /// than `max_bytes`, checked before anything is decoded.
+    pub fn get_bytes(
+        &self,
+        name: &str,
+        max_bytes: u64,
+        progress: &dyn Progress,
+    ) -> Result<Vec<u8>> {
+        self.with_retry(|| {
+            let snap = self.snapshot(name)?;
+            let label = || PathBuf::from(format!("model {name:?}"));
+            let file = match snap.files.as_slice() {
+                [file] if crate::import::SINGLE_FILE_FORMATS
+                    .contains(&snap.model.source_format.as_str()) => file,
+                files => {
+                    return Err(Error::InvalidInput {
+                        path: label(),
+                        detail: format!(
+                            "it was imported from a directory of {} files, not one file; \
+                             write it out to a directory instead",
+                            files.len()
+                        ),
+                    });
+                }
+            };
+            let len = snap.model.raw_bytes;
+            if len > max_bytes {
+                return Err(Error::InvalidInput {
+                    path: label(),
+                    detail: format!("it is {len} bytes, more than the {max_bytes} allowed here"),
+                });
+            }
+            let mut out = Vec::with_capacity(len as usize);
+            progress.start("reading", len);
+            self.write_file(&snap, file, &mut out, &label(), progress)?;
+            progress.finish();
+            Ok(out)
+        })
+    }
+
+    /// Writes `file` of `snap` into the file `handle` (at `dest`), buffered.
+    fn write_file_to(
         &self,
         snap: &Snapshot,
         file: &FileRow,
@@ -137,9 +180,23 @@ impl Store {
         dest: &Path,
         progress: &dyn Progress,
     ) -> Result<u64> {
+        let mut w = BufWriter::with_capacity(1 << 20, handle);
+        let written = self.write_file(snap, file, &mut w, dest, progress)?;
+        w.flush().map_err(|e| Error::io(dest, e))?;
+        Ok(written)
+    }
+
+    /// Writes `file` of `snap` to `w`; `dest` names the output in errors.
+    fn write_file(
+        &self,
+        snap: &Snapshot,
+        file: &FileRow,
+        w: &mut (dyn Write + Send),
+        dest: &Path,
+        progress: &dyn Progress,
+    ) -> Result<u64> {
         let what = format!("model {:?} file {:?}", snap.model.name, file.path);
         let head = self.decode_object_with(&file.object, &what, Fill::No)?;
-        let mut w = BufWriter::with_capacity(1 << 20, handle);
         let io = |e| Error::io(dest, e);
         let mut written = 0u64;
         match file.kind {
@@ -152,7 +209,7 @@ impl Store {
                 } else {
                     // A container: the skeleton's pieces spliced between the streamed tensors.
                     let sk = crate::containers::decode_checked(&head, &tensors, &what)?;
-                    let mut splice = Splice::new(&sk, &mut w);
+                    let mut splice = Splice::new(&sk, &mut *w);
                     self.write_tensors(&tensors, &what, &mut splice, dest, progress)?;
                     splice.finish().map_err(|e| match e {
                         neurstore_formats::Error::Io(e) => Error::io(dest, e),
@@ -169,10 +226,9 @@ impl Store {
                     .map_err(io)?;
                 w.write_all(&head).map_err(io)?;
                 written += 8 + head.len() as u64;
-                written += self.write_tensors(&tensors, &what, &mut w, dest, progress)?;
+                written += self.write_tensors(&tensors, &what, w, dest, progress)?;
             }
         }
-        w.flush().map_err(io)?;
         Ok(written)
     }
 
