@@ -4,7 +4,7 @@
 //! stored header JSON, then every tensor in its original offset order.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use neurstore_core::dtype::DType;
@@ -156,18 +156,32 @@ impl Store {
                     });
                 }
             };
-            let len = snap.model.raw_bytes;
-            if len > max_bytes {
-                return Err(Error::InvalidInput {
-                    path: label(),
-                    detail: format!("it is {len} bytes, more than the {max_bytes} allowed here"),
-                });
+            // The model's tensor bytes, a lower bound of the file's length: refused before
+            // anything is decoded; the exact length is capped while writing.
+            let too_big = |len: String| Error::InvalidInput {
+                path: label(),
+                detail: format!("it is {len} bytes, more than the {max_bytes} allowed here"),
+            };
+            let tensor_bytes = snap.model.raw_bytes;
+            if tensor_bytes > max_bytes {
+                return Err(too_big(tensor_bytes.to_string()));
             }
-            let mut out = Vec::with_capacity(len as usize);
-            progress.start("reading", len);
-            self.write_file(&snap, file, &mut out, &label(), progress)?;
+            let mut out = Capped {
+                bytes: Vec::new(),
+                max: max_bytes,
+            };
+            // Room for the file up front when it can be had; the length comes from the
+            // catalog, so a failed reservation is no error (the output then grows as written).
+            let _ = out.bytes.try_reserve(tensor_bytes as usize);
+            progress.start("reading", tensor_bytes);
+            match self.write_file(&snap, file, &mut out, &label(), progress) {
+                Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::FileTooLarge => {
+                    return Err(too_big("more than that".to_string()));
+                }
+                other => other?,
+            };
             progress.finish();
-            Ok(out)
+            Ok(out.bytes)
         })
     }
 
@@ -662,5 +676,28 @@ impl BaseReader<'_> {
                 Ok(&buf[..len])
             }
         }
+    }
+}
+
+/// An in-memory output that refuses to grow past `max` bytes (`ErrorKind::FileTooLarge`).
+struct Capped {
+    bytes: Vec<u8>,
+    max: u64,
+}
+
+impl Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.bytes.len() as u64 + buf.len() as u64 > self.max {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                "the output outgrew its limit",
+            ));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

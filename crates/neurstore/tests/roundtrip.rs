@@ -45,6 +45,14 @@ impl TestStore {
             "{name}: the file did not come back byte-identical"
         );
         assert_eq!(report.bytes_written, bytes.len() as u64, "{name}");
+        // The same bytes in memory, and a limit below the file's length refused.
+        let in_memory = self.store.get_bytes(name, u64::MAX, &NoProgress).unwrap();
+        assert!(in_memory == bytes, "{name}: get_bytes differs from the file");
+        if !bytes.is_empty() {
+            let short = bytes.len() as u64 - 1;
+            let err = self.store.get_bytes(name, short, &NoProgress).unwrap_err();
+            assert_eq!(err.kind(), neurstore::ErrorKind::InvalidInput, "{name}: {err}");
+        }
     }
 
     /// Checks `load` gives exactly `tensors` (by file and name).
@@ -302,6 +310,11 @@ fn model_directory_round_trips() {
     let out2 = s.dir.path().join("restored-by-reader");
     reader.get("hf", &out2, &NoProgress).unwrap();
     assert_eq!(read_tree(&out2), original);
+
+    // A directory is not one file: get_bytes refuses it.
+    let err = reader.get_bytes("hf", u64::MAX, &NoProgress).unwrap_err();
+    assert_eq!(err.kind(), neurstore::ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("directory"), "{err}");
 }
 
 // Float bit patterns that lossless storage must keep: NaNs with payloads and signs, infinities,
