@@ -142,9 +142,10 @@ impl Store {
         self.with_retry(|| {
             let snap = self.snapshot(name)?;
             let label = || PathBuf::from(format!("model {name:?}"));
+            let single =
+                crate::import::SINGLE_FILE_FORMATS.contains(&snap.model.source_format.as_str());
             let file = match snap.files.as_slice() {
-                [file] if crate::import::SINGLE_FILE_FORMATS
-                    .contains(&snap.model.source_format.as_str()) => file,
+                [file] if single => file,
                 files => {
                     return Err(Error::InvalidInput {
                         path: label(),

@@ -47,11 +47,18 @@ impl TestStore {
         assert_eq!(report.bytes_written, bytes.len() as u64, "{name}");
         // The same bytes in memory, and a limit below the file's length refused.
         let in_memory = self.store.get_bytes(name, u64::MAX, &NoProgress).unwrap();
-        assert!(in_memory == bytes, "{name}: get_bytes differs from the file");
+        assert!(
+            in_memory == bytes,
+            "{name}: get_bytes differs from the file"
+        );
         if !bytes.is_empty() {
             let short = bytes.len() as u64 - 1;
             let err = self.store.get_bytes(name, short, &NoProgress).unwrap_err();
-            assert_eq!(err.kind(), neurstore::ErrorKind::InvalidInput, "{name}: {err}");
+            assert_eq!(
+                err.kind(),
+                neurstore::ErrorKind::InvalidInput,
+                "{name}: {err}"
+            );
         }
     }
 

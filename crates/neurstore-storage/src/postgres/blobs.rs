@@ -40,10 +40,7 @@ fn to_io(e: StorageError) -> io::Error {
 }
 
 /// Runs `f` through `runner` in one transaction, returning what it produced.
-fn with<T>(
-    runner: &dyn SqlRunner,
-    f: impl FnMut(&dyn Sql) -> crate::Result<T>,
-) -> io::Result<T> {
+fn with<T>(runner: &dyn SqlRunner, f: impl FnMut(&dyn Sql) -> crate::Result<T>) -> io::Result<T> {
     collect(f, |g| runner.run(g))
 }
 
