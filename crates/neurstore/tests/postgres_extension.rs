@@ -47,20 +47,7 @@ fn model(seed: u64, n: usize) -> Vec<u8> {
 /// server or the extension is missing outside CI.
 fn database(name: &str) -> Option<String> {
     let server = pg::server()?;
-    let available = pg::client(&server)
-        .query_opt(
-            "SELECT 1 FROM pg_available_extensions WHERE name = 'neurstore'",
-            &[],
-        )
-        .unwrap()
-        .is_some();
-    if !available {
-        if std::env::var_os("NEURSTORE_TEST_EXTENSION").is_some() {
-            panic!("the neurstore extension is not installed: scripts/postgres.sh extension");
-        }
-        eprintln!(
-            "skipped: the neurstore extension is not installed (scripts/postgres.sh extension)"
-        );
+    if !pg::extension_available(&server) {
         return None;
     }
     let url = pg::fresh_database(&server, name);

@@ -1,6 +1,8 @@
 //! Stores in PostgreSQL when the server itself is in play: killed with SIGKILL in the middle of
-//! a put, and replicated to a streaming standby. A binary of its own, run apart from the other
-//! tests, because it stops the server they use; its tests take turns.
+//! a put (the client's, and the extension's `neurstore.put_bytes`), and replicated to a
+//! streaming standby that serves the model to a client and through `neurstore.get_bytes`. A
+//! binary of its own, run apart from the other tests, because it stops the server they use; its
+//! tests take turns.
 
 mod common;
 
@@ -81,6 +83,14 @@ fn kill_server() {
     }
 }
 
+/// Starts the killed server again (it replays its WAL) and checks it kept its URL.
+fn restart_server(server: &str) {
+    assert_eq!(
+        pg::script(&["up", pg::server_dir().to_str().unwrap()]),
+        server
+    );
+}
+
 #[test]
 fn a_server_killed_during_a_put_keeps_every_committed_model() {
     let Some(server) = pg::server() else { return };
@@ -127,10 +137,7 @@ fn a_server_killed_during_a_put_keeps_every_committed_model() {
         "the put, as the server died: {:?}",
         result.as_ref().map(|r| r.name.clone())
     );
-    assert_eq!(
-        pg::script(&["up", pg::server_dir().to_str().unwrap()]),
-        server
-    );
+    restart_server(&server);
     // The server replays its WAL; then a writer's recovery cuts what the put left unpublished.
     let started = Instant::now();
     let store = loop {
@@ -175,6 +182,106 @@ fn a_server_killed_during_a_put_keeps_every_committed_model() {
     );
 }
 
+/// The extension's `put_bytes` runs inside its caller's transaction, so nothing of it is
+/// visible before it commits: the server is killed once the call has run for a while (or has
+/// returned), and the store is checked through SQL after the restart.
+#[test]
+fn a_server_killed_during_the_extensions_put_keeps_every_committed_model() {
+    let Some(server) = pg::server() else { return };
+    if !pg::extension_available(&server) {
+        return;
+    }
+    let _turn = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let url = pg::fresh_database(&server, "ns_killed_sql");
+    let committed = model(4, 8, 128);
+    let big = model(5, 24, 384);
+    // Ok only once committed: the call's reply comes before the commit at the protocol's Sync,
+    // whose confirmation the next statement waits for.
+    let put = |c: &mut postgres::Client, name: &str, bytes: &[u8]| {
+        c.query_one(
+            "SELECT CAST(neurstore.put_bytes($1, $2) AS text)",
+            &[&name, &bytes],
+        )?;
+        c.batch_execute("SELECT 1")
+    };
+    let mut c = pg::client(&url);
+    c.batch_execute("CREATE EXTENSION neurstore").unwrap();
+    put(&mut c, "committed", &committed).unwrap();
+    drop(c);
+
+    let (put_url, put_big) = (url.clone(), big.clone());
+    let call = std::thread::spawn(move || put(&mut pg::client(&put_url), "big", &put_big));
+    let running = |url: &str| -> bool {
+        pg::client(url)
+            .query_one(
+                "SELECT count(*) > 0 FROM pg_stat_activity \
+                 WHERE datname = current_database() AND query LIKE '%put_bytes%' \
+                   AND state = 'active' AND pid <> pg_backend_pid() \
+                   AND now() - query_start > interval '30 milliseconds'",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let started = Instant::now();
+    while !running(&url) && !call.is_finished() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the call never ran"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    kill_server();
+    let result = call.join().unwrap();
+    eprintln!("put_bytes, as the server died: {result:?}");
+    let replied = result.is_ok();
+    restart_server(&server);
+
+    let started = Instant::now();
+    let mut c = loop {
+        match postgres::Client::connect(&url, postgres::NoTls) {
+            Ok(c) => break c,
+            Err(e) if started.elapsed() < Duration::from_secs(60) => {
+                eprintln!("waiting for the server: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("the server did not come back: {e}"),
+        }
+    };
+    let get = |c: &mut postgres::Client, name: &str| -> Vec<u8> {
+        c.query_one("SELECT neurstore.get_bytes($1)", &[&name])
+            .unwrap()
+            .get(0)
+    };
+    assert!(get(&mut c, "committed") == committed);
+    let names: Vec<String> = c
+        .query("SELECT name FROM neurstore.models ORDER BY name", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // Killed before its commit, the call left no trace; committed (its reply may still have
+    // been lost with the server), the model is whole.
+    assert!(
+        names == ["committed"] || names == ["big", "committed"],
+        "{names:?}"
+    );
+    if names.len() == 2 {
+        assert!(get(&mut c, "big") == big);
+    } else {
+        assert!(!replied, "put_bytes returned, yet its model is not there");
+    }
+    let verify: String = c
+        .query_one("SELECT CAST(neurstore.verify() AS text)", &[])
+        .unwrap()
+        .get(0);
+    let verify: serde_json::Value = serde_json::from_str(&verify).unwrap();
+    assert_eq!(verify["problems"], serde_json::json!([]), "{verify}");
+    // The store takes writes again.
+    put(&mut c, "after", &big).unwrap();
+    assert!(get(&mut c, "after") == big);
+}
+
 #[test]
 fn a_streaming_standby_serves_models_put_on_the_primary() {
     let Some(server) = pg::server() else { return };
@@ -217,6 +324,30 @@ fn a_streaming_standby_serves_models_put_on_the_primary() {
         .verify(&NoProgress)
         .unwrap();
     assert!(verify.problems.is_empty(), "{:?}", verify.problems);
+
+    // The extension, created on the primary, reaches the standby by replication too; its
+    // `get_bytes` runs there (read only) and returns the same file.
+    if pg::extension_available(&server) {
+        pg::client(&url)
+            .batch_execute("CREATE EXTENSION neurstore")
+            .unwrap();
+        let started = Instant::now();
+        let from_sql: Vec<u8> = loop {
+            let got = pg::client(&standby_url).query_one("SELECT neurstore.get_bytes('m')", &[]);
+            match got {
+                Ok(row) => break row.get(0),
+                Err(e) if started.elapsed() < Duration::from_secs(60) => {
+                    eprintln!("waiting for the standby to replay CREATE EXTENSION: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("neurstore.get_bytes failed on the standby: {e}"),
+            }
+        };
+        assert!(
+            from_sql == std::fs::read(&path).unwrap(),
+            "get_bytes on the standby differs from the file put on the primary"
+        );
+    }
     let _ = pg::script(&["down", standby_dir.to_str().unwrap()]);
     let _ = std::fs::remove_dir_all(&standby_dir);
 }

@@ -24,6 +24,28 @@ pub fn server() -> Option<String> {
     }
 }
 
+/// True when the `neurstore` extension is installed into the server at `server`. Where it is
+/// not, tests of it skip, saying so, unless `NEURSTORE_TEST_EXTENSION` is set (CI sets it),
+/// where that is a failure.
+pub fn extension_available(server: &str) -> bool {
+    let available = client(server)
+        .query_opt(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'neurstore'",
+            &[],
+        )
+        .unwrap()
+        .is_some();
+    if !available {
+        if std::env::var_os("NEURSTORE_TEST_EXTENSION").is_some() {
+            panic!("the neurstore extension is not installed: scripts/postgres.sh extension");
+        }
+        eprintln!(
+            "skipped: the neurstore extension is not installed (scripts/postgres.sh extension)"
+        );
+    }
+    available
+}
+
 /// The cluster directory `scripts/postgres.sh up` was given.
 pub fn server_dir() -> PathBuf {
     PathBuf::from(
