@@ -1201,13 +1201,18 @@ mod tests {
         Engine::open(root, options).unwrap().0
     }
 
-    #[test]
-    fn failed_barrier_publishes_nothing_and_latches() {
-        use crate::fault::{Fault, FaultBackend, OpKind};
+    /// A new store in a temporary directory and a fault-injecting disk for its packs.
+    fn fault_store() -> (tempfile::TempDir, PathBuf, crate::fault::FaultBackend) {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("s");
         Engine::init(&root).unwrap();
-        let disk = FaultBackend::new();
+        (tmp, root, crate::fault::FaultBackend::new())
+    }
+
+    #[test]
+    fn failed_barrier_publishes_nothing_and_latches() {
+        use crate::fault::{Fault, OpKind};
+        let (_tmp, root, disk) = fault_store();
         let engine = fault_writer(&root, &disk);
         put(&engine, "a", &[1u8; 100]);
         disk.inject(Fault {
@@ -1227,11 +1232,8 @@ mod tests {
 
     #[test]
     fn failed_pack_removal_after_a_gc_commit_latches_until_reopen() {
-        use crate::fault::{Fault, FaultBackend, OpKind};
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("s");
-        Engine::init(&root).unwrap();
-        let disk = FaultBackend::new();
+        use crate::fault::{Fault, OpKind};
+        let (_tmp, root, disk) = fault_store();
         let engine = fault_writer(&root, &disk);
         put(&engine, "a", &[1u8; 100]);
         put(&engine, "b", &[2u8; 100]);
@@ -1274,11 +1276,8 @@ mod tests {
 
     #[test]
     fn failed_index_write_latches_and_a_latched_writer_writes_no_index() {
-        use crate::fault::{Fault, FaultBackend};
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("s");
-        Engine::init(&root).unwrap();
-        let disk = FaultBackend::new();
+        use crate::fault::Fault;
+        let (_tmp, root, disk) = fault_store();
         disk.inject(Fault::once(0)); // creating index.hnsw.tmp
         let engine = fault_writer(&root, &disk);
         assert!(engine.with_index(|_| ()).is_err());
@@ -1349,11 +1348,7 @@ mod tests {
     /// again, and the file is rewritten.
     #[test]
     fn the_index_file_grows_by_appending_and_survives_a_damaged_tail() {
-        use crate::fault::FaultBackend;
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("s");
-        Engine::init(&root).unwrap();
-        let disk = FaultBackend::new();
+        let (_tmp, root, disk) = fault_store();
         let engine = fault_writer(&root, &disk);
         put_sketched(&engine, "a", 40, 0);
         engine.with_index(|i| assert_eq!(i.len(), 40)).unwrap();
