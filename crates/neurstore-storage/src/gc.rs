@@ -44,8 +44,8 @@ pub const GC_MIN_DEAD_SHARE: u64 = 8;
 
 impl Engine {
     /// Rewrites pack files holding enough dead records (of deleted models; see
-    /// [`pack_worth_collecting`]) so their space returns to the file system. Readers that still hold a removed pack open keep reading it safely. On
-    /// a format-1 store, gc is the upgrade.
+    /// [`pack_worth_collecting`]) so their space returns to the file system. Readers that still
+    /// hold a removed pack open keep reading it safely. On a format-1 store, gc is the upgrade.
     pub fn gc(&self, mut progress: impl FnMut(u64, u64)) -> Result<GcReport> {
         if self.format_version() == 1 {
             return self.upgrade(progress);
